@@ -1,0 +1,143 @@
+"""Hessian-vector products over the whole parameter vector (Pearlmutter 1994).
+
+Three mechanisms compute the same w = H z; ``layerwise_trace(hvp=...)`` picks one.
+
+- "reverse": reverse-over-reverse. One gradient g with the graph retained, then
+  each product is the gradient of <g, z>: cost C_grad + K * C_HVP (paper section 3.3),
+  memory O(P) beyond the retained graph.
+- "forward": torch.func forward-over-reverse, jvp(grad(L), z). Each product redoes
+  the forward and backward pass, so no graph is kept between probes.
+- "forward-vmap": the same, vectorised over all K probes with vmap: one batched
+  pass, K times the activation memory.
+
+``tests/benchmarks/bench_curvature.py`` measures them side by side; the default is
+the fastest on the machines we measured (see README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+MECHANISMS = ("reverse", "forward", "forward-vmap")
+DEFAULT_MECHANISM = "reverse"
+
+Probe = list[torch.Tensor]
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (BatchNorm at its running statistics, dropout off;
+    paper section 5.1) and leave train/eval flags, buffers and every ``.grad``
+    exactly as they were on exit, also when the body raises."""
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    try:
+        model.eval()
+        still_training = [name or "(root)" for name, m in model.named_modules() if m.training]
+        if still_training:
+            # A module whose train() ignores eval() would make the batch Hessian random.
+            raise ValueError(
+                f"modules {still_training} stay in training mode after model.eval(); "
+                "the estimator needs a deterministic loss (BatchNorm/dropout in eval mode)"
+            )
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p, g in grads:
+            p.grad = g
+
+
+def checked_loss(loss: object) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"criterion must return a tensor, got {type(loss).__name__}")
+    if loss.ndim != 0:
+        raise ValueError(
+            f"criterion returned a loss of shape {tuple(loss.shape)}; it must be a scalar "
+            "(use reduction='mean', the empirical risk of paper eq. 1)"
+        )
+    value = float(loss.detach())  # CPU-GPU sync point, once per call
+    if not math.isfinite(value):
+        raise ValueError(f"the loss is {value}; a Hessian at a non-finite loss is meaningless")
+    return loss
+
+
+def _zeros_for_none(tensors, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like)]
+
+
+def reverse_hvp(
+    model: nn.Module, criterion: Callable, inputs, targets, params: list[torch.Tensor]
+) -> tuple[float, Callable[[list[Probe]], list[Probe]]]:
+    """Loss and a function probes -> products, reusing one retained graph."""
+    loss = checked_loss(criterion(model(inputs), targets))
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    # A gradient that is constant in theta (loss linear in that parameter) adds
+    # nothing to H z, and autograd cannot differentiate it again: leave it out.
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def products(probes: list[Probe]) -> list[Probe]:
+        out = []
+        for z in probes:
+            if not live:
+                out.append([torch.zeros_like(p) for p in params])
+                continue
+            hz = torch.autograd.grad(
+                [grads[i] for i in live], params, grad_outputs=[z[i] for i in live],
+                retain_graph=True, allow_unused=True,
+            )
+            out.append(_zeros_for_none(hz, params))
+        return out
+
+    return float(loss.detach()), products
+
+
+def functional_hvp(
+    model: nn.Module, criterion: Callable, inputs, targets, params: list[torch.Tensor],
+    param_names: list[str], *, vectorise: bool,
+) -> tuple[float, Callable[[list[Probe]], list[Probe]]]:
+    """Loss and a function probes -> products by torch.func forward-over-reverse."""
+    with torch.no_grad():
+        loss = float(checked_loss(criterion(model(inputs), targets)))
+    primals = tuple(p.detach() for p in params)
+
+    def loss_of(ps):
+        # functional_call ties parameters shared between modules (tie_weights=True).
+        return criterion(functional_call(model, dict(zip(param_names, ps)), (inputs,)), targets)
+
+    gradient = grad(loss_of)
+
+    def one(z):
+        return jvp(gradient, (primals,), (z,))[1]
+
+    def products(probes: list[Probe]) -> list[Probe]:
+        if not vectorise:
+            return [list(one(tuple(z))) for z in probes]
+        stacked = tuple(torch.stack(zs) for zs in zip(*probes))
+        batched = vmap(one)(stacked)
+        return [[w[k] for w in batched] for k in range(len(probes))]
+
+    return loss, products
+
+
+def hessian_vector_products(
+    mechanism: str, model: nn.Module, criterion: Callable, inputs, targets,
+    params: list[torch.Tensor], param_names: list[str],
+) -> tuple[float, Callable[[list[Probe]], list[Probe]]]:
+    if mechanism == "reverse":
+        return reverse_hvp(model, criterion, inputs, targets, params)
+    if mechanism in ("forward", "forward-vmap"):
+        return functional_hvp(
+            model, criterion, inputs, targets, params, param_names, vectorise=mechanism == "forward-vmap"
+        )
+    raise ValueError(f"hvp={mechanism!r} is not one of {MECHANISMS}")

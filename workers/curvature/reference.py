@@ -1,0 +1,79 @@
+"""The two usual ways to get traces, kept as baselines for tests and benchmarks.
+
+- ``network_trace``: the whole-network Hutchinson trace tr(H) as PyHessian computes
+  it (Yao et al. 2020): one double-backward per probe over all parameters, one
+  number per probe.
+- ``blockwise_trace``: the naive per-layer loop: for each group l and probe k, a
+  probe restricted to block l and one product H_ll z_l. Same expectation as
+  ``layerwise_trace``, L times the cost, and the variance of paper eq. (6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from workers.curvature.groups import parameter_groups
+from workers.curvature.hvp import checked_loss, evaluation_mode, reverse_hvp
+from workers.curvature.probes import check_distribution, check_generator, draw_probe
+
+
+def network_trace(
+    model: nn.Module, criterion: Callable, inputs, targets, *, num_probes: int = 10,
+    generator: torch.Generator | None = None, distribution: str = "rademacher",
+) -> torch.Tensor:
+    """[K] values z^T H z over the whole parameter vector.
+
+    With the same seeded generator it draws the same probes as ``layerwise_trace``
+    (groups="module"), so the sum over groups of the layer-wise values equals these.
+    """
+    check_distribution(distribution)
+    resolved = parameter_groups(model, "module")
+    check_generator(generator, resolved.params)
+    with evaluation_mode(model):
+        _, products = reverse_hvp(model, criterion, inputs, targets, resolved.params)
+        values = []
+        for _ in range(num_probes):
+            z = draw_probe(resolved.params, distribution=distribution, generator=generator)
+            (w,) = products([z])
+            values.append(sum(torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64) for a, b in zip(z, w)))
+    return torch.stack(values).cpu()
+
+
+def blockwise_trace(
+    model: nn.Module, criterion: Callable, inputs, targets, *, num_probes: int = 10,
+    generator: torch.Generator | None = None, groups: str | Mapping[str, Sequence[str]] = "module",
+    distribution: str = "rademacher",
+) -> torch.Tensor:
+    """[K, L] values z_l^T H_ll z_l with block-restricted probes, one product each."""
+    check_distribution(distribution)
+    resolved = parameter_groups(model, groups)
+    check_generator(generator, resolved.params)
+    with evaluation_mode(model):
+        loss = checked_loss(criterion(model(inputs), targets))
+        grads = torch.autograd.grad(loss, resolved.params, create_graph=True, allow_unused=True)
+        columns = []
+        for l in range(len(resolved.names)):
+            idx = [i for i, g in enumerate(resolved.group_of) if g == l]
+            block = [resolved.params[i] for i in idx]
+            live = [i for i in idx if grads[i] is not None and grads[i].requires_grad]
+            column = []
+            for _ in range(num_probes):
+                z = draw_probe(block, distribution=distribution, generator=generator)
+                z_of = dict(zip(idx, z))
+                if not live:
+                    column.append(torch.zeros((), dtype=torch.float64, device=block[0].device))
+                    continue
+                # d/d theta_l of <g_l, z_l>: the block product H_ll z_l only.
+                hz = torch.autograd.grad(
+                    [grads[i] for i in live], block, grad_outputs=[z_of[i] for i in live],
+                    retain_graph=True, allow_unused=True,
+                )
+                column.append(sum(
+                    torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64)
+                    for a, b in zip(z, hz) if b is not None
+                ))
+            columns.append(torch.stack(column))
+    return torch.stack(columns, dim=1).cpu()
