@@ -58,6 +58,9 @@ def _by_mapping(model: nn.Module, mapping: Mapping[str, Sequence[str]]) -> list[
     # Any alias of a tied parameter may be used in the mapping.
     alias_to_id = {n: id(p) for n, p in model.named_parameters(remove_duplicate=False)}
     trainable = {id(p): n for n, p in _trainable(model)}
+    for group, names in mapping.items():
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise TypeError(f"groups[{group!r}] must be a list of parameter names, not {names!r}")
     unknown = [n for names in mapping.values() for n in names if n not in alias_to_id]
     if unknown:
         raise ValueError(
@@ -67,8 +70,6 @@ def _by_mapping(model: nn.Module, mapping: Mapping[str, Sequence[str]]) -> list[
     owner: dict[int, str] = {}
     groups = []
     for group, names in mapping.items():
-        if isinstance(names, str):
-            raise TypeError(f"groups[{group!r}] must be a list of parameter names, not the string {names!r}")
         members = []
         for n in names:
             pid = alias_to_id[n]

@@ -123,7 +123,7 @@ def layerwise_trace(
     more product per probe on ||H_ll||_F^2 (and draws its signs from the same
     generator, after each probe).
 
-    >>> torch.manual_seed(0)
+    >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.tensor([0, 1] * 4)
     >>> g = torch.Generator().manual_seed(0)
