@@ -1,0 +1,1 @@
+"""One run: data and label noise, models, the training loop, the curvature estimator."""

@@ -43,6 +43,7 @@ def big_run(request):
     return dict(model=model, data=(criterion, x, y), h=h, slices=slices, trace=trace, var=var, est=est)
 
 
+@pytest.mark.slow
 def test_block_traces_within_four_standard_errors(big_run):
     # 3000 probes: the mean is Gaussian to a good approximation; its standard error
     # comes from the closed-form variance, not from the same samples.
@@ -52,6 +53,7 @@ def test_block_traces_within_four_standard_errors(big_run):
     assert (err <= 4 * se + 1e-12).all(), (err / se).tolist()
 
 
+@pytest.mark.slow
 def test_converges_to_one_percent(big_run):
     values, exact = big_run["est"].probe_values, big_run["trace"]
     k = values.shape[0]
@@ -60,6 +62,7 @@ def test_converges_to_one_percent(big_run):
     assert rel[0] > rel[-1], rel
 
 
+@pytest.mark.slow
 def test_empirical_variance_matches_closed_form(big_run):
     # The sample variance s2 of n i.i.d. values has standard error
     # sqrt((m4 - s2^2 (n - 3) / (n - 1)) / n), m4 the fourth central moment; we use
