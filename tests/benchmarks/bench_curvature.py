@@ -62,7 +62,8 @@ def bench(width: float, batch: int, *, probes: int, naive_probes: int, reps: int
     rows = {"train step": median_seconds(train_step, reps)}
     for mech in ("reverse", "forward", "forward-vmap"):
         rows[f"layerwise_trace hvp={mech}"] = median_seconds(
-            lambda: layerwise_trace(model, criterion, x, y, num_probes=probes, generator=seeded(), hvp=mech), reps)
+            lambda mech=mech: layerwise_trace(model, criterion, x, y, num_probes=probes, generator=seeded(), hvp=mech),
+            reps)
     rows["network_trace (PyHessian way)"] = median_seconds(
         lambda: network_trace(model, criterion, x, y, num_probes=probes, generator=seeded()), reps)
     naive = median_seconds(
