@@ -78,25 +78,33 @@ def _zeros_for_none(tensors, like: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def reverse_hvp(
     model: nn.Module, criterion: Callable, inputs, targets, params: list[torch.Tensor]
-) -> tuple[float, Callable[[list[Probe]], list[Probe]]]:
-    """Loss and a function probes -> products, reusing one retained graph."""
+) -> tuple[float, Callable[..., list[Probe]]]:
+    """Loss and a function probes -> products, reusing one retained graph.
+
+    ``products(probes, block=None)``: each probe covers all ``params``; with
+    ``block`` (indices into ``params``) it covers only those, and the product is
+    the block-restricted H_ll z_l (the naive per-layer baseline).
+    """
     loss = checked_loss(criterion(model(inputs), targets))
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     # A gradient that is constant in theta (loss linear in that parameter) adds
     # nothing to H z, and autograd cannot differentiate it again: leave it out.
-    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    live = {i for i, g in enumerate(grads) if g is not None and g.requires_grad}
 
-    def products(probes: list[Probe]) -> list[Probe]:
+    def products(probes: list[Probe], block: list[int] | None = None) -> list[Probe]:
+        indices = list(range(len(params))) if block is None else block
+        wrt = [params[i] for i in indices]
+        differentiable = [j for j, i in enumerate(indices) if i in live]
         out = []
         for z in probes:
-            if not live:
-                out.append([torch.zeros_like(p) for p in params])
+            if not differentiable:
+                out.append([torch.zeros_like(p) for p in wrt])
                 continue
             hz = torch.autograd.grad(
-                [grads[i] for i in live], params, grad_outputs=[z[i] for i in live],
+                [grads[indices[j]] for j in differentiable], wrt, grad_outputs=[z[j] for j in differentiable],
                 retain_graph=True, allow_unused=True,
             )
-            out.append(_zeros_for_none(hz, params))
+            out.append(_zeros_for_none(hz, wrt))
         return out
 
     return float(loss.detach()), products

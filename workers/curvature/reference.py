@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from workers.curvature.groups import parameter_groups
-from workers.curvature.hvp import checked_loss, evaluation_mode, reverse_hvp
+from workers.curvature.hvp import evaluation_mode, reverse_hvp
 from workers.curvature.probes import check_distribution, check_generator, draw_probe
+from workers.curvature.trace import group_dots, tensor_dots
 
 
 def network_trace(
@@ -38,7 +39,7 @@ def network_trace(
         for _ in range(num_probes):
             z = draw_probe(resolved.params, distribution=distribution, generator=generator)
             (w,) = products([z])
-            values.append(sum(torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64) for a, b in zip(z, w)))
+            values.append(group_dots(z, w, resolved).sum())
     return torch.stack(values).cpu()
 
 
@@ -52,28 +53,14 @@ def blockwise_trace(
     resolved = parameter_groups(model, groups)
     check_generator(generator, resolved.params)
     with evaluation_mode(model):
-        loss = checked_loss(criterion(model(inputs), targets))
-        grads = torch.autograd.grad(loss, resolved.params, create_graph=True, allow_unused=True)
+        _, products = reverse_hvp(model, criterion, inputs, targets, resolved.params)
         columns = []
         for l in range(len(resolved.names)):
-            idx = [i for i, g in enumerate(resolved.group_of) if g == l]
-            block = [resolved.params[i] for i in idx]
-            live = [i for i in idx if grads[i] is not None and grads[i].requires_grad]
+            block = [i for i, g in enumerate(resolved.group_of) if g == l]
             column = []
             for _ in range(num_probes):
-                z = draw_probe(block, distribution=distribution, generator=generator)
-                z_of = dict(zip(idx, z))
-                if not live:
-                    column.append(torch.zeros((), dtype=torch.float64, device=block[0].device))
-                    continue
-                # d/d theta_l of <g_l, z_l>: the block product H_ll z_l only.
-                hz = torch.autograd.grad(
-                    [grads[i] for i in live], block, grad_outputs=[z_of[i] for i in live],
-                    retain_graph=True, allow_unused=True,
-                )
-                column.append(sum(
-                    torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64)
-                    for a, b in zip(z, hz) if b is not None
-                ))
+                z = draw_probe([resolved.params[i] for i in block], distribution=distribution, generator=generator)
+                (w,) = products([z], block=block)  # H_ll z_l only
+                column.append(tensor_dots(z, w).sum())
             columns.append(torch.stack(column))
     return torch.stack(columns, dim=1).cpu()

@@ -94,9 +94,14 @@ class LayerwiseTrace:
         return dict(zip(self.layers, self.trace.tolist()))
 
 
+def tensor_dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """[len(a)] <a_p, b_p> for each pair of tensors, in float64."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)).to(torch.float64) for x, y in zip(a, b)])
+
+
 def group_dots(a: list[torch.Tensor], b: list[torch.Tensor], groups: ParameterGroups) -> torch.Tensor:
     """[L] sum over each group's tensors of <a_p, b_p>, accumulated in float64."""
-    dots = torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)).to(torch.float64) for x, y in zip(a, b)])
+    dots = tensor_dots(a, b)
     index = torch.tensor(groups.group_of, device=dots.device)
     return torch.zeros(len(groups.names), dtype=torch.float64, device=dots.device).index_add_(0, index, dots)
 
