@@ -1,0 +1,150 @@
+"""The resolved config of one run: its shape, its validation, and its identity.
+
+A run receives a plain nested dict (Hydra resolves it in ``sweep``; nothing here
+imports Hydra). Everything except the ``runtime`` section is the run's *content*:
+what it computes. The run id is a hash of the content, so the same run launched
+twice is one run, and a changed config is a new run, never mixed with an old one.
+``runtime`` holds where and how it runs (data folder, device, threads, sweep id),
+which must not change what it computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+
+from workers.curvature.hvp import MECHANISMS
+from workers.curvature.probes import DISTRIBUTIONS
+from workers.datasets import DATASETS
+from workers.models import ARCHITECTURES
+
+
+class RunConfigError(ValueError):
+    """A run config that cannot run; the message names the key and the fix."""
+
+
+# section -> key -> (type or types, check, what is allowed). A key not listed is a
+# typo, and is refused rather than silently ignored.
+_POSITIVE_INT = (int, lambda v: v > 0, "a positive integer")
+_POSITIVE = ((int, float), lambda v: v > 0, "a positive number")
+_NON_NEGATIVE = ((int, float), lambda v: v >= 0, "a number >= 0")
+_BOOL = (bool, lambda v: True, "true or false")
+SCHEMA = {
+    "arch": {
+        "name": (str, lambda v: v in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
+        "width": _POSITIVE,
+    },
+    "dataset": {
+        "name": (str, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+        "crop_padding": (int, lambda v: v >= 0, "an integer >= 0"),
+        "flip": _BOOL,
+    },
+    "train": {
+        "epochs": _POSITIVE_INT,
+        "batch_size": _POSITIVE_INT,
+        "lr": _POSITIVE,
+        "momentum": ((int, float), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "weight_decay": _NON_NEGATIVE,
+        "schedule": (str, lambda v: v in ("cosine", "constant"), "cosine or constant"),
+        "checkpoint_every": _POSITIVE_INT,
+        "eval_every": _POSITIVE_INT,
+        "channels_last": _BOOL,
+        "bf16": _BOOL,
+    },
+    "monitor": {
+        "enabled": _BOOL,
+        "every": _POSITIVE_INT,
+        "batch_size": _POSITIVE_INT,
+        "num_probes": (int, lambda v: v >= 2, "an integer >= 2 (the standard error needs two probes)"),
+        "distribution": (str, lambda v: v in DISTRIBUTIONS, f"one of {', '.join(DISTRIBUTIONS)}"),
+        "groups": (str, lambda v: v in ("module", "parameter"), "module or parameter"),
+        "hvp": (str, lambda v: v in MECHANISMS, f"one of {', '.join(MECHANISMS)}"),
+        "block_frobenius": _BOOL,
+    },
+    "runtime": {
+        "data_root": ((str, type(None)), lambda v: True, "a folder path or null"),
+        "device": (str, lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda[:N]"),
+        "threads": ((int, type(None)), lambda v: v is None or v > 0, "a positive integer or null"),
+        "sweep_id": ((str, type(None)), lambda v: True, "a string or null"),
+    },
+}
+TOP_LEVEL = {
+    "eta": ((int, float), lambda v: 0 <= v < 1, "a label-noise rate in [0, 1); the paper uses 0, 0.25, 0.40, 0.60"),
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "noise_seed": ((int, type(None)), lambda v: v is None or v >= 0, "an integer >= 0, or null to use seed"),
+}
+
+
+def _check(where: str, value, rule) -> None:
+    types, ok, allowed = rule
+    # bool is an int in Python; only a bool rule admits it
+    if isinstance(value, bool) and types is not bool:
+        ok_type = False
+    else:
+        ok_type = isinstance(value, types)
+    if not ok_type or not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise RunConfigError(f"{where}={value!r} is not allowed: it must be {allowed}")
+
+
+def validate(config: dict) -> dict:
+    """Check every key of a run config; return a deep copy. Raises RunConfigError."""
+    if not isinstance(config, dict):
+        raise RunConfigError(f"a run config is a mapping, got {type(config).__name__}")
+    known = set(SCHEMA) | set(TOP_LEVEL)
+    for key in config:
+        if key not in known:
+            raise RunConfigError(f"unknown key {key!r} in the run config; known keys: {', '.join(sorted(known))}")
+    for key, rule in TOP_LEVEL.items():
+        if key not in config:
+            raise RunConfigError(f"the run config has no {key!r}: pass {key}=... ")
+        _check(key, config[key], rule)
+    for section, rules in SCHEMA.items():
+        values = config.get(section)
+        if not isinstance(values, dict):
+            raise RunConfigError(f"the run config has no {section!r} section")
+        for key in values:
+            if key not in rules:
+                raise RunConfigError(
+                    f"unknown key {section}.{key}; known keys of {section}: {', '.join(rules)}"
+                )
+        for key, rule in rules.items():
+            if key not in values:
+                raise RunConfigError(f"the run config has no {section}.{key}")
+            _check(f"{section}.{key}", values[key], rule)
+    if config["dataset"]["name"] != "digits" and not config["runtime"]["data_root"]:
+        name = config["dataset"]["name"]
+        raise RunConfigError(
+            f"dataset {name} needs a data folder: pass runtime.data_root=DIR "
+            f"(fill it with `sweep data download dataset={name} root=DIR`)"
+        )
+    return copy.deepcopy(config)
+
+
+def content(config: dict) -> dict:
+    """The part of a run config that decides what the run computes (all but ``runtime``)."""
+    return {key: value for key, value in config.items() if key != "runtime"}
+
+
+def content_json(config: dict) -> str:
+    """Canonical JSON of the content: sorted keys, no spaces, floats as Python writes them."""
+    return json.dumps(content(config), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: dict) -> str:
+    """A readable, content-addressed run id: ``arch-dataset-eta-seed-hash``.
+
+    >>> a = {"arch": {"name": "vgg11"}, "dataset": {"name": "digits"}, "eta": 0.25, "seed": 3}
+    >>> run_id(a)[:24]
+    'vgg11-digits-eta0.25-s3-'
+    >>> run_id(a) == run_id({**a, "runtime": {"device": "cuda"}})
+    True
+    """
+    digest = hashlib.sha256(content_json(config).encode()).hexdigest()[:12]
+    return f"{config['arch']['name']}-{config['dataset']['name']}-eta{config['eta']:.2f}-s{config['seed']}-{digest}"
+
+
+def role(config: dict) -> str:
+    """``clean`` for the calibration ensemble (eta = 0), else ``noisy``."""
+    return "clean" if config["eta"] == 0 else "noisy"
