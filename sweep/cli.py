@@ -2,22 +2,42 @@
 
 Subcommands that later issues build are listed already, so ``sweep --help`` shows
 the whole tool; calling one of them says which issue brings it and exits 2.
+Every error a user can cause is printed as one message with its fix, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-# name -> (one-line help, the issue that builds it)
+from sweep.config import ConfigError, compose_config, run_config
+from workers.checkpoint import CheckpointError
+from workers.datasets import DatasetError
+from workers.run_config import RunConfigError
+from workers.store import StoreError
+
+# name -> (one-line help, the issue that builds it, or None when it is here)
 SUBCOMMANDS = {
     "launch": ("compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH", 4),
     "resume": ("relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH", 4),
     "status": ("counts by state, failures and stale runs, from the store alone: sweep status store=PATH", 4),
     "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH out=DIR", 5),
-    "run-one": ("train one run from a resolved config into a store (what each Ray task calls)", 3),
-    "data": ("download or verify datasets: sweep data download dataset=cifar10 root=DIR", 3),
+    "run-one": (
+        "train one run in this process into a store: "
+        "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]",
+        None,
+    ),
+    "data": (
+        "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]",
+        None,
+    ),
 }
+USER_ERRORS = (ConfigError, RunConfigError, DatasetError, StoreError, CheckpointError)
+
+
+class UsageError(ValueError):
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +52,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pairs(words: list[str], allowed: set[str]) -> dict[str, str]:
+    values = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or key not in allowed:
+            raise UsageError(f"unexpected argument {word!r}; expected key=value with key in {sorted(allowed)}")
+        values[key] = value
+    return values
+
+
+def run_one(overrides: list[str]) -> int:
+    from workers.store import Store
+    from workers.train import RunFailed, train
+
+    composed = compose_config(overrides)
+    if not composed.get("store"):
+        raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
+    config = run_config(composed)
+    store = Store.open(composed["store"], create=True)
+    try:
+        summary = train(config, store)
+    except RunFailed as err:
+        print(f"sweep run-one: the run failed: {err}\nIts record in {store.uri} says so; fix the config "
+              "and run it again.", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def data(words: list[str]) -> int:
+    from workers import datasets
+
+    if not words or words[0] not in ("download", "verify"):
+        raise UsageError("usage: sweep data download|verify dataset=cifar10|cifar100 root=DIR [url=URL] [md5=HEX]")
+    action, options = words[0], _pairs(words[1:], {"dataset", "root", "url", "md5"})
+    if "dataset" not in options or "root" not in options:
+        raise UsageError(f"sweep data {action} needs dataset=cifar10|cifar100 and root=DIR")
+    if action == "download":
+        folder = datasets.download(options["dataset"], options["root"], url=options.get("url"),
+                                   md5=options.get("md5"))
+    else:
+        folder = datasets.verify(options["dataset"], options["root"], md5=options.get("md5"))
+    print(f"{options['dataset']}: {folder} is complete and its archive matches its MD5")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _, issue = SUBCOMMANDS[args.command]
-    print(
-        f"sweep {args.command}: not available yet in this version (it is planned in issue {issue}).\n"
-        "For now `make demo` runs the layer-wise trace estimator on a small network.",
-        file=sys.stderr,
-    )
-    return 2
+    if issue is not None:
+        print(
+            f"sweep {args.command}: not available yet in this version (it is planned in issue {issue}).\n"
+            "For now `sweep run-one` trains one run into a store.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return {"run-one": run_one, "data": data}[args.command](args.overrides)
+    except (UsageError, *USER_ERRORS) as err:
+        print(f"sweep {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -231,7 +231,7 @@ def _read_split(spec: Archive, folder: Path, files: tuple[str, ...], name: str, 
         if not path.exists():
             raise DatasetError(
                 f"{name}: expected {path}, which does not exist. Run `{download_command(name, root)}` "
-                "or point dataset root= at the folder that holds the archive."
+                "or set runtime.data_root= to the folder that holds the extracted archive."
             )
         try:
             batch = read_batch(path)
@@ -299,6 +299,6 @@ def load_dataset(name: str, root: str | Path | None = None) -> ImageData:
     if name not in ARCHIVES:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if root is None:
-        raise DatasetError(f"{name} needs a data folder: pass dataset.root=DIR (fill it with "
+        raise DatasetError(f"{name} needs a data folder: pass runtime.data_root=DIR (fill it with "
                            f"`{download_command(name, 'DIR')}`)")
     return load_cifar(name, root)
