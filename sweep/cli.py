@@ -14,7 +14,7 @@ import sys
 from sweep.config import ConfigError, compose_config, run_config
 from workers.checkpoint import CheckpointError
 from workers.datasets import DatasetError
-from workers.run_config import RunConfigError
+from workers.run_config import RunConfigError, validate
 from workers.store import StoreError
 
 # name -> (one-line help, the issue that builds it, or None when it is here)
@@ -69,7 +69,7 @@ def run_one(overrides: list[str]) -> int:
     composed = compose_config(overrides)
     if not composed.get("store"):
         raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
-    config = run_config(composed)
+    config = validate(run_config(composed))  # before the store is touched
     store = Store.open(composed["store"], create=True)
     try:
         summary = train(config, store)

@@ -12,6 +12,7 @@ lists, bytes, ints and numpy arrays), so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -197,9 +198,11 @@ def safe_extract(archive: Path, root: Path) -> None:
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR batch file needs to rebuild numpy arrays."""
+    """Admits only the globals a CIFAR batch file needs: numpy arrays, and
+    ``_codecs.encode``, which protocol-2 pickles written by Python 3 use for bytes."""
 
     ALLOWED = {
+        ("_codecs", "encode"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -209,6 +212,8 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch file")
+        if module == "_codecs":
+            return codecs.encode
         if module == "numpy":
             return getattr(np, name)
         core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core

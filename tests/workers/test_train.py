@@ -1,0 +1,181 @@
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from tests.workers import cifar_archives
+from workers import checkpoint, datasets
+from workers.run_config import RunConfigError, content_json, run_id
+from workers.store import Store
+from workers.train import RunFailed, train
+
+
+def final_weights(store, config):
+    state = checkpoint.from_bytes(store.read_checkpoint(run_id(config)), content_json=content_json(config), where="")
+    return state["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def rows(table):
+    second = "layer" if "layer" in table.schema.names else "name"
+    return table.sort_by([("step", "ascending"), (second, "ascending")]).to_pylist()
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step):
+    def on_step(s):
+        if s == step:
+            raise Crash(f"injected at step {s}")
+
+    return on_step
+
+
+def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_config):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    configs = [tiny_config("eta=0.25"), tiny_config("eta=0.25", "monitor.num_probes=3"),
+               tiny_config("eta=0.25", "monitor.enabled=false")]
+    for config in configs:
+        assert train(config, store)["status"] == "done"
+    weights = [final_weights(store, c) for c in configs]
+    assert_same_weights(weights[0], weights[1])
+    assert_same_weights(weights[0], weights[2])
+    snaps = store.snapshots(run_ids=[run_id(configs[0])])
+    layers = len(set(snaps["layer"].to_pylist()))
+    assert snaps.num_rows == (33 // 5) * layers  # steps 5, 10, ..., 30
+    assert sorted(set(snaps["step"].to_pylist())) == [5, 10, 15, 20, 25, 30]
+    assert store.snapshots(run_ids=[run_id(configs[2])]).num_rows == 0
+    k3 = store.snapshots(run_ids=[run_id(configs[1])])
+    assert {len(v) for v in k3["probe_values"].to_pylist()} == {3}
+    # the first 3 probes of K=10 are the K=3 probes: same generator, same order
+    ten = rows(snaps)
+    three = rows(k3)
+    assert [r["probe_values"][:3] for r in ten] == [r["probe_values"] for r in three]
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config):
+    config = tiny_config("eta=0.4", "seed=3")
+    reference = Store.open(str(tmp_path / "ref"), create=True)
+    train(config, reference)
+
+    store = Store.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(Crash):
+        train(config, store, on_step=crash_at(17))  # mid epoch 2; the checkpoint is at step 11
+    record = store.read_record(run_id(config))
+    assert (record["status"], record["attempt"], record["step"]) == ("failed", 1, 11)
+    assert "injected at step 17" in record["error"]
+    assert max(store.snapshots()["step"].to_pylist()) == 10  # only committed data is visible
+
+    # attempt 2 dies after writing epoch 2's chunks but before its checkpoint and commit
+    real = store.write_checkpoint
+    calls = []
+
+    def failing_checkpoint(rid, data):
+        calls.append(rid)
+        if len(calls) == 2:
+            raise OSError("disk full (injected)")
+        real(rid, data)
+
+    store.write_checkpoint = failing_checkpoint
+    with pytest.raises(OSError, match="injected"):
+        train(config, store)
+    store.write_checkpoint = real
+    assert store.read_record(run_id(config))["step"] == 22  # epoch 2 committed, epoch 3's chunk orphaned
+
+    summary = train(config, store)
+    assert (summary["status"], summary["attempt"], summary["step"]) == ("done", 3, 33)
+    assert_same_weights(final_weights(store, config), final_weights(reference, config))
+    assert rows(store.snapshots()) == rows(reference.snapshots())
+    assert rows(store.metrics()) == rows(reference.metrics())
+    done = store.read_record(run_id(config))
+    assert {k: v for k, v in done["final_metrics"].items() if "seconds" not in k} == \
+        {k: v for k, v in reference.read_record(run_id(config))["final_metrics"].items() if "seconds" not in k}
+
+
+def test_a_done_run_is_not_run_again(tmp_path, tiny_config):
+    config = tiny_config("train.epochs=1")
+    store = Store.open(str(tmp_path / "s"), create=True)
+    first = train(config, store)
+    files = sorted(p.name for p in (tmp_path / "s").rglob("*"))
+    again = train(config, store, on_step=crash_at(1))  # would crash if it trained
+    assert again == first and sorted(p.name for p in (tmp_path / "s").rglob("*")) == files
+
+
+def test_epoch_metrics_measure_memorisation_of_the_corrupted_labels(tmp_path, tiny_config):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    noisy, clean = tiny_config("eta=0.6", "train.epochs=2"), tiny_config("eta=0", "train.epochs=2")
+    train(noisy, store)
+    train(clean, store)
+    epoch = store.metrics(scope="epoch")
+    names = lambda rid: set(epoch.filter(pc.equal(epoch["run_id"], rid))["name"].to_pylist())  # noqa: E731
+    assert names(run_id(noisy)) == {"train_loss", "train_acc", "test_loss", "test_acc", "memorised"}
+    assert names(run_id(clean)) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    snap = store.metrics(scope="snapshot", run_ids=[run_id(noisy)])
+    assert set(snap["name"].to_pylist()) == {"lr", "batch_loss", "grad_norm"}
+    lrs = snap.filter(pc.equal(snap["name"], "lr"))["value"].to_pylist()
+    assert lrs[0] == pytest.approx(0.05 * (1 + torch.cos(torch.tensor(torch.pi * 4 / 22)).item()))
+    runs = store.runs()
+    assert sorted(runs["role"].to_pylist()) == ["clean", "noisy"] and set(runs["head_layer"].to_pylist()) == {"linear"}
+
+
+def test_non_finite_loss_fails_the_run_and_says_why(tmp_path, tiny_config):
+    config = tiny_config("train.lr=1e30", "train.schedule=constant")
+    store = Store.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(RunFailed, match="non-finite"):
+        train(config, store)
+    record = store.read_record(run_id(config))
+    assert record["status"] == "failed" and "non-finite" in record["error"]
+    assert store.snapshots().num_rows == 0  # readable, nothing half-written
+
+
+def test_a_checkpoint_of_another_config_is_refused_and_nothing_is_touched(tmp_path, tiny_config):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    a, b = tiny_config("train.epochs=1"), tiny_config("train.epochs=1", "seed=1")
+    train(a, store)
+    store.write_checkpoint(run_id(b), store.read_checkpoint(run_id(a)))
+    with pytest.raises(checkpoint.CheckpointError, match="different run config; refusing"):
+        train(b, store)
+    assert store.read_record(run_id(b)) is None and store.read_record(run_id(a))["status"] == "done"
+    store.write_checkpoint(run_id(b), b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
+        train(b, store)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (("arch", "name", "resnet50"), "arch.name='resnet50' is not allowed: it must be one of resnet18"),
+        (("dataset", "name", "svhn"), "dataset.name='svhn' is not allowed"),
+        ((None, "eta", 1.0), r"eta=1.0 is not allowed: it must be a label-noise rate in \[0, 1\)"),
+        ((None, "eta", -0.1), "eta=-0.1 is not allowed"),
+        (("train", "lr", "fast"), "train.lr='fast' is not allowed: it must be a positive number"),
+        (("train", "epoch", 3), "unknown key train.epoch; known keys of train: epochs"),
+        (("dataset", "name", "cifar10"), "dataset cifar10 needs a data folder: pass runtime.data_root"),
+    ],
+)
+def test_bad_configs_are_refused_before_anything_is_written(tmp_path, tiny_config, override, message):
+    config = tiny_config()
+    section, key, value = override
+    (config if section is None else config[section])[key] = value
+    store = Store.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(RunConfigError, match=message):
+        train(config, store)
+    assert store.run_ids() == []
+
+
+def test_a_run_on_cifar_format_data(tmp_path, tiny_config):
+    _, md5, _ = cifar_archives.build("cifar10", tmp_path, per_file=32)
+    datasets.download("cifar10", tmp_path, md5=md5)
+    config = tiny_config("dataset=cifar10", f"runtime.data_root={tmp_path}", "arch.width=0.0625",
+                         "train.batch_size=32", "train.epochs=1", "monitor.every=2", "monitor.batch_size=32")
+    store = Store.open(str(tmp_path / "s"), create=True)
+    summary = train(config, store)
+    assert summary["step"] == 160 // 32
+    snaps = store.snapshots(layer="linear")
+    assert snaps["step"].to_pylist() == [2, 4] and snaps["numel"].to_pylist() == [32 * 10 + 10] * 2
