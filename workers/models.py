@@ -84,7 +84,8 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
             else:
                 out = _channels(item, width)
-                layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                conv = nn.Conv2d(channels, out, kernel_size=3, padding=1)
+                layers += [conv, nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
                 channels = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)

@@ -84,9 +84,10 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
     record = {
         "run_id": rid, "sweep_id": rt["sweep_id"], "arch": arch["name"], "dataset": ds["name"],
         "eta": float(config["eta"]), "seed": seed, "role": role(config), "head_layer": HEAD[arch["name"]],
-        "config": json.dumps(config, sort_keys=True), "status": "running", "attempt": attempt, "host": socket.gethostname(),
-        "device": str(device), "started_at": now(), "ended_at": None, "heartbeat_at": now(), "error": None,
-        "step": 0, "total_steps": total_steps, "committed": [], "final_metrics": {},
+        "config": json.dumps(config, sort_keys=True), "status": "running", "attempt": attempt,
+        "host": socket.gethostname(), "device": str(device), "started_at": now(), "ended_at": None,
+        "heartbeat_at": now(), "error": None, "step": 0, "total_steps": total_steps,
+        "committed": [], "final_metrics": {},
     }
 
     with torch.random.fork_rng(devices=[]):  # initialisation from its own seed, global RNG untouched

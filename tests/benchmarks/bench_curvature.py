@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive-reps", type=int, default=1)
     args = parser.parse_args(argv)
     configs = args.config or ["0.125:128:10", "1.0:32:1"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {time.strftime('%Y-%m-%d')}")
     for spec in configs:
         parts = spec.split(":")
         width, batch = float(parts[0]), int(parts[1])
