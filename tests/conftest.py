@@ -1,5 +1,6 @@
 import functools
 import http.server
+import os
 import threading
 
 import pytest
@@ -33,3 +34,24 @@ def http_root(tmp_path):
     yield served, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server) on 127.0.0.1; yields a function giving store URIs."""
+    from moto.server import ThreadedMotoServer
+
+    saved = dict(os.environ)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true")  # never ask a metadata endpoint for credentials
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="sweeps")
+    counter = iter(range(10**6))
+    yield lambda: f"s3://sweeps/store{next(counter)}?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    server.stop()
+    os.environ.clear()
+    os.environ.update(saved)

@@ -179,3 +179,15 @@ def test_a_run_on_cifar_format_data(tmp_path, tiny_config):
     assert summary["step"] == 160 // 32
     snaps = store.snapshots(layer="linear")
     assert snaps["step"].to_pylist() == [2, 4] and snaps["numel"].to_pylist() == [32 * 10 + 10] * 2
+
+
+def test_a_run_into_s3_resumes_from_its_s3_checkpoint(tmp_path, tiny_config, s3_server):
+    config = tiny_config("train.epochs=2", "eta=0.25")
+    reference = Store.open(str(tmp_path / "ref"), create=True)
+    train(config, reference)
+    store = Store.open(s3_server(), create=True)
+    with pytest.raises(Crash):
+        train(config, store, on_step=crash_at(15))
+    assert train(config, store)["attempt"] == 2
+    assert_same_weights(final_weights(store, config), final_weights(reference, config))
+    assert rows(store.snapshots()) == rows(reference.snapshots())
