@@ -254,35 +254,17 @@ class Store:
         dataset = pads.dataset(files, schema=KINDS[kind], format="parquet", filesystem=self.fs)
         return dataset.to_table(filter=row_filter)
 
-    def snapshots(
-        self,
-        *,
-        run_ids: list[str] | None = None,
-        arch: str | None = None,
-        dataset: str | None = None,
-        eta: float | None = None,
-        status: str | None = None,
-        layer: str | None = None,
-    ) -> pa.Table:
-        """Committed snapshot rows (long format), filtered by run fields and layer."""
-        runs = self.runs(run_ids=run_ids, arch=arch, dataset=dataset, eta=eta, status=status)
+    def snapshots(self, *, layer: str | None = None, **run_filters) -> pa.Table:
+        """Committed snapshot rows (long format) of the runs that ``runs(**run_filters)``
+        selects (run_ids, arch, dataset, eta, status), optionally of one layer."""
         row_filter = None if layer is None else pads.field("layer") == layer
-        return self._read_kind("snapshots", runs, row_filter)
+        return self._read_kind("snapshots", self.runs(**run_filters), row_filter)
 
-    def metrics(
-        self,
-        *,
-        run_ids: list[str] | None = None,
-        arch: str | None = None,
-        dataset: str | None = None,
-        eta: float | None = None,
-        status: str | None = None,
-        scope: str | None = None,
-    ) -> pa.Table:
-        """Committed metric rows (long format: scope, name, value per step)."""
-        runs = self.runs(run_ids=run_ids, arch=arch, dataset=dataset, eta=eta, status=status)
+    def metrics(self, *, scope: str | None = None, **run_filters) -> pa.Table:
+        """Committed metric rows (long format: scope, name, value per step) of the runs that
+        ``runs(**run_filters)`` selects, optionally of one scope (``snapshot`` or ``epoch``)."""
         row_filter = None if scope is None else pads.field("scope") == scope
-        return self._read_kind("metrics", runs, row_filter)
+        return self._read_kind("metrics", self.runs(**run_filters), row_filter)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
