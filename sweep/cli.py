@@ -19,9 +19,19 @@ from workers.store import StoreError
 
 # name -> (one-line help, the issue that builds it, or None when it is here)
 SUBCOMMANDS = {
-    "launch": ("compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH", 4),
-    "resume": ("relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH", 4),
-    "status": ("counts by state, failures and stale runs, from the store alone: sweep status store=PATH", 4),
+    "launch": (
+        "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]",
+        None,
+    ),
+    "resume": (
+        "relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH [cluster.KEY=VALUE ...]",
+        None,
+    ),
+    "status": (
+        "counts by state, failures and stuck runs, from the store alone: "
+        "sweep status store=PATH [watch=true] [stale_after=SECONDS]",
+        None,
+    ),
     "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH out=DIR", 5),
     "run-one": (
         "train one run in this process into a store: "
@@ -60,6 +70,73 @@ def _pairs(words: list[str], allowed: set[str]) -> dict[str, str]:
             raise UsageError(f"unexpected argument {word!r}; expected key=value with key in {sorted(allowed)}")
         values[key] = value
     return values
+
+
+def _values(words: list[str], allowed: set[str], prefixes: tuple[str, ...] = ()) -> dict:
+    """key=value words to a dict, values read as YAML scalars (true, 3, 0.5, null)."""
+    import yaml
+
+    values = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not (key in allowed or key.startswith(prefixes)):
+            known = sorted(allowed) + [p + "KEY" for p in prefixes]
+            raise UsageError(f"unexpected argument {word!r}; expected key=value with key in {known}")
+        values[key] = yaml.safe_load(value) if value else None
+    return values
+
+
+def launch(overrides: list[str]) -> int:
+    from sweep.grid import expand
+    from sweep.launch import drive, locked
+    from sweep.ledger import register
+    from workers.datasets import check_present
+    from workers.store import Store
+
+    sweep = expand(overrides)  # every run composed and validated before anything is touched
+    if not sweep.composed.get("store"):
+        raise UsageError("sweep launch needs store=PATH (a local folder or s3://bucket/prefix)")
+    cluster = sweep.composed["cluster"]
+    if cluster["check_data"]:
+        for config in {c["dataset"]["name"]: c for c in sweep.runs.values()}.values():
+            check_present(config["dataset"]["name"], config["runtime"]["data_root"])
+    store = Store.open(sweep.composed["store"], create=True)
+    print(f"{sweep.sweep_id}: {len(sweep.runs)} runs into {store.uri}", flush=True)
+    with locked(store) as lock:
+        register(store, sweep, overrides)
+        return drive(store, sweep.runs, cluster, lock=lock)
+
+
+def resume(words: list[str]) -> int:
+    from sweep.launch import drive, locked
+    from sweep.ledger import manifest_runs
+    from workers.store import Store
+
+    options = _values(words, {"store"}, ("cluster.",))
+    if not options.get("store"):
+        raise UsageError("sweep resume needs store=PATH, the store of a launched sweep")
+    store = Store.open(str(options.pop("store")))
+    runs, cluster = manifest_runs(store)
+    for key, value in options.items():
+        name = key.removeprefix("cluster.")
+        if name not in cluster:
+            raise UsageError(f"unknown cluster setting {key}; known: {', '.join(sorted(cluster))}")
+        cluster[name] = value
+    with locked(store) as lock:
+        return drive(store, runs, cluster, lock=lock)
+
+
+def status(words: list[str]) -> int:
+    from sweep.status import show
+    from workers.store import Store
+
+    options = _values(words, {"store", "watch", "stale_after"})
+    if not options.get("store"):
+        raise UsageError("sweep status needs store=PATH")
+    stale_after = options.get("stale_after")
+    if stale_after is None:
+        stale_after = compose_config([])["cluster"]["stale_after"]
+    return show(Store.open(str(options["store"])), stale_after=float(stale_after), watch=bool(options.get("watch")))
 
 
 def run_one(overrides: list[str]) -> int:
@@ -108,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     if issue is not None:
         print(
             f"sweep {args.command}: not available yet in this version (it is planned in issue {issue}).\n"
-            "For now `sweep run-one` trains one run into a store.",
+            "For now `sweep launch` runs a sweep and `sweep status` shows it.",
             file=sys.stderr,
         )
         return 2
     try:
-        return {"run-one": run_one, "data": data}[args.command](args.overrides)
+        commands = {"launch": launch, "resume": resume, "status": status, "run-one": run_one, "data": data}
+        return commands[args.command](args.overrides)
     except (UsageError, *USER_ERRORS) as err:
         print(f"sweep {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ def compose_config(overrides: list[str]) -> dict:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as err:
         # Hydra's own hint to append a key with `+` does not apply: a run refuses unknown keys.
         text = str(err).split("To append")[0].split("Config search path")[0]

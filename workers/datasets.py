@@ -233,11 +233,7 @@ def _read_split(spec: Archive, folder: Path, files: tuple[str, ...], name: str, 
     images, labels = [], []
     for file in files:
         path = folder / file
-        if not path.exists():
-            raise DatasetError(
-                f"{name}: expected {path}, which does not exist. Run `{download_command(name, root)}` "
-                "or set runtime.data_root= to the folder that holds the extracted archive."
-            )
+        _require(path, name, root)
         try:
             batch = read_batch(path)
             data = np.asarray(batch[b"data"], dtype=np.uint8)
@@ -254,6 +250,25 @@ def _read_split(spec: Archive, folder: Path, files: tuple[str, ...], name: str, 
         images.append(data.reshape(-1, 3, 32, 32))  # rows are R, G, B planes of 1024 bytes
         labels.append(label)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _require(path: Path, name: str, root: Path) -> None:
+    if not path.exists():
+        raise DatasetError(
+            f"{name}: expected {path}, which does not exist. Run `{download_command(name, root)}` "
+            "or set runtime.data_root= to the folder that holds the extracted archive."
+        )
+
+
+def check_present(name: str, root: str | Path | None) -> None:
+    """Raise DatasetError unless every batch file of ``name`` is under ``root`` (cheap: no reading)."""
+    if name == "digits":
+        return
+    spec = _archive(name)
+    if root is None:
+        raise DatasetError(f"{name} needs a data folder: pass runtime.data_root=DIR")
+    for file in spec.train_files + spec.test_files:
+        _require(Path(root) / spec.folder / file, name, Path(root))
 
 
 def load_cifar(name: str, root: str | Path) -> ImageData:

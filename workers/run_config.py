@@ -18,7 +18,7 @@ import math
 from workers.curvature.hvp import MECHANISMS
 from workers.curvature.probes import DISTRIBUTIONS
 from workers.datasets import DATASETS
-from workers.models import ARCHITECTURES
+from workers.models import ARCHITECTURES, HEAD
 
 
 class RunConfigError(ValueError):
@@ -148,3 +148,15 @@ def run_id(config: dict) -> str:
 def role(config: dict) -> str:
     """``clean`` for the calibration ensemble (eta = 0), else ``noisy``."""
     return "clean" if config["eta"] == 0 else "noisy"
+
+
+def pending_record(config: dict) -> dict:
+    """The store record of a run that has not started: its identity, status ``pending``."""
+    return {
+        "run_id": run_id(config), "sweep_id": config["runtime"]["sweep_id"], "arch": config["arch"]["name"],
+        "dataset": config["dataset"]["name"], "eta": float(config["eta"]), "seed": config["seed"],
+        "role": role(config), "head_layer": HEAD[config["arch"]["name"]],
+        "config": json.dumps(config, sort_keys=True), "status": "pending", "attempt": 0, "host": None,
+        "device": None, "started_at": None, "ended_at": None, "heartbeat_at": None, "error": None, "step": 0,
+        "total_steps": None, "committed": [], "final_metrics": {},
+    }

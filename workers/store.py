@@ -3,6 +3,8 @@
 Layout under the store root (a local folder or an ``s3://`` URI, via ``pyarrow.fs``)::
 
     _store.json                              {"schema_version": 1}
+    _launch.lock                             JSON: the driver now launching or resuming runs
+    manifests/<sweep_id>.json                every resolved run config of one launched sweep
     runs/<run_id>/record.parquet             one row of RUNS_SCHEMA: the run's ledger entry
     runs/<run_id>/snapshots/aAAA-cCCCCC.parquet   SNAPSHOTS_SCHEMA rows, attempt A, chunk C
     runs/<run_id>/metrics/aAAA-cCCCCC.parquet     METRICS_SCHEMA rows
@@ -23,6 +25,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +39,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
+LOCK = "_launch.lock"
+LOCK_STALE_SECONDS = 60  # a driver refreshes its lock every few seconds (sweep/launch.py)
+LOCK_SETTLE_SECONDS = 2.0  # object stores: wait this long before reading a written lock back
 STATUSES = ("pending", "running", "done", "failed")
 _TIME = pa.timestamp("ms", tz="UTC")
 _META = {b"schema_version": str(SCHEMA_VERSION).encode()}
@@ -179,6 +187,66 @@ class Store:
         except FileNotFoundError:
             return None
 
+    def _read_json(self, path: str) -> dict | None:
+        data = self._read_bytes(path)
+        return None if data is None else json.loads(data)
+
+    # -- sweep manifests ----------------------------------------------------------
+    def write_manifest(self, manifest: dict) -> None:
+        """Record a sweep: its id, every resolved run config, the spec hash and code version."""
+        self._write_bytes(self._path("manifests", f"{manifest['sweep_id']}.json"),
+                          json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+    def read_manifests(self) -> list[dict]:
+        """Every sweep launched into this store, oldest first."""
+        folder = self._path("manifests")
+        if self.fs.get_file_info(folder).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(folder))
+        paths = [i.path for i in infos if i.path.endswith(".json") and not i.base_name.startswith(".")]
+        manifests = [self._read_json(p) for p in paths]
+        return sorted(manifests, key=lambda m: m["created"])
+
+    # -- the launch lock: one driver at a time ------------------------------------
+    def acquire_launch_lock(self, owner: dict, *, stale_after: float = LOCK_STALE_SECONDS) -> None:
+        """Take the store's launch lock for ``owner`` (host, pid, token) or raise StoreError.
+
+        A lock whose holder stopped refreshing it ``stale_after`` seconds ago, or whose
+        process is gone from this host, is taken over. On a local disk the lock file is
+        created with O_EXCL (atomic); on S3 the holder writes it and reads it back after
+        a settling delay, and the last writer wins (S3 is strongly consistent).
+        """
+        path = self._path(LOCK)
+        current = self._read_json(path)
+        if current is not None:
+            if not _lock_is_stale(current, stale_after):
+                raise StoreError(_lock_message(current, self.uri))
+            self.fs.delete_file(path)
+        owner = {**owner, "heartbeat": time.time()}
+        if self._local:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                raise StoreError(_lock_message(self._read_json(path) or {}, self.uri)) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            return
+        self._write_bytes(path, json.dumps(owner).encode())
+        time.sleep(LOCK_SETTLE_SECONDS)
+        holder = self._read_json(path) or {}
+        if holder.get("token") != owner["token"]:
+            raise StoreError(_lock_message(holder, self.uri))
+
+    def refresh_launch_lock(self, owner: dict) -> None:
+        holder = self._read_json(self._path(LOCK)) or {}
+        if holder.get("token") == owner["token"]:
+            self._write_bytes(self._path(LOCK), json.dumps({**owner, "heartbeat": time.time()}).encode())
+
+    def release_launch_lock(self, owner: dict) -> None:
+        holder = self._read_json(self._path(LOCK)) or {}
+        if holder.get("token") == owner["token"]:
+            self.fs.delete_file(self._path(LOCK))
+
     # -- run records (the ledger) ----------------------------------------------
     def write_record(self, record: dict) -> None:
         table = pa.Table.from_pylist([record], schema=RUNS_SCHEMA)
@@ -265,6 +333,29 @@ class Store:
         ``runs(**run_filters)`` selects, optionally of one scope (``snapshot`` or ``epoch``)."""
         row_filter = None if scope is None else pads.field("scope") == scope
         return self._read_kind("metrics", self.runs(**run_filters), row_filter)
+
+
+def _lock_is_stale(lock: dict, stale_after: float) -> bool:
+    if time.time() - lock.get("heartbeat", 0) > stale_after:
+        return True
+    if lock.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lock["pid"]), 0)
+        except ProcessLookupError:
+            return True  # the driver that held it is gone from this machine
+        except (PermissionError, KeyError, ValueError):
+            return False
+    return False
+
+
+def _lock_message(lock: dict, uri: str) -> str:
+    age = time.time() - lock.get("heartbeat", time.time())
+    return (
+        f"another sweep driver (pid {lock.get('pid')} on {lock.get('host')}, last seen {age:.0f} s ago) is "
+        f"launching runs into {uri}; nothing was launched. Wait for it to finish (`sweep status store={uri}` "
+        f"shows progress); if it died on another machine, its lock expires {LOCK_STALE_SECONDS} s after its "
+        "last heartbeat."
+    )
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

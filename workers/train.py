@@ -16,7 +16,6 @@ on the same device, what an uninterrupted run would have written.
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import time
@@ -30,10 +29,12 @@ from workers import checkpoint
 from workers.curvature import layerwise_trace
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
-from workers.models import HEAD, build_model
-from workers.run_config import content_json, role, run_id, validate
+from workers.models import build_model
+from workers.run_config import content_json, pending_record, run_id, validate
 from workers.seeds import derive_seed, generator
 from workers.store import Store, now
+
+HEARTBEAT_SECONDS = 30.0  # besides every commit
 
 
 class RunFailed(RuntimeError):
@@ -82,12 +83,8 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
     total_steps = tr["epochs"] * steps_per_epoch
     attempt = (record["attempt"] if record else 0) + 1
     record = {
-        "run_id": rid, "sweep_id": rt["sweep_id"], "arch": arch["name"], "dataset": ds["name"],
-        "eta": float(config["eta"]), "seed": seed, "role": role(config), "head_layer": HEAD[arch["name"]],
-        "config": json.dumps(config, sort_keys=True), "status": "running", "attempt": attempt,
-        "host": socket.gethostname(), "device": str(device), "started_at": now(), "ended_at": None,
-        "heartbeat_at": now(), "error": None, "step": 0, "total_steps": total_steps,
-        "committed": [], "final_metrics": {},
+        **pending_record(config), "status": "running", "attempt": attempt, "host": socket.gethostname(),
+        "device": str(device), "started_at": now(), "heartbeat_at": now(), "total_steps": total_steps,
     }
 
     with torch.random.fork_rng(devices=[]):  # initialisation from its own seed, global RNG untouched
@@ -178,7 +175,7 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and tr["bf16"]) else nullcontext()
     snapshot_rows: list[dict] = []
     metrics: list[dict] = []
-    chunk = 0
+    chunk, beat = 0, time.monotonic()
     try:
         model.train()
         while step < total_steps:
@@ -218,6 +215,9 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
                                                               "grad_norm": grad_norm.item()})
                 if on_step is not None:
                     on_step(step)
+                if time.monotonic() - beat > HEARTBEAT_SECONDS:  # `sweep status` spots stuck runs by this
+                    record["heartbeat_at"], beat = now(), time.monotonic()
+                    store.write_record(record)
             epoch = step // steps_per_epoch
             train_loss = epoch_loss.item() / steps_per_epoch  # CPU-GPU sync point, once per epoch
             if not math.isfinite(train_loss):

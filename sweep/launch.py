@@ -1,0 +1,143 @@
+"""Run a sweep's runs on Ray Core: the only module that imports ``ray``.
+
+Each run is one Ray task with its own resource request (CPUs, a GPU fraction),
+bounded retries after infrastructure failures and, when configured, after errors of
+the run itself. A retried or relaunched run continues from its last checkpoint
+(``workers.train``), so a node lost mid-run costs at most one checkpoint interval.
+The driver holds the store's launch lock while it runs, reports every failure as it
+happens, and prints progress with an estimate of the time left.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+
+from sweep.ledger import states
+from workers.store import Store, StoreError
+
+
+def run_task(config: dict, store_uri: str, threads: int) -> dict:
+    """What a Ray worker executes for one run."""
+    from workers.train import train
+
+    config = {**config, "runtime": {**config["runtime"], "threads": threads}}  # runtime: not part of the run id
+    return train(config, Store.open(store_uri))
+
+
+def _start_ray(cluster: dict) -> bool:
+    """Join the configured cluster, or start Ray on this machine; True when we started it."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # send nothing anywhere
+    if ray.is_initialized():
+        return False
+    options = {"logging_level": "warning", "log_to_driver": False}
+    if cluster["address"]:
+        ray.init(address=cluster["address"], **options)
+        return True
+    ray.init(
+        num_cpus=cluster["num_cpus"],
+        include_dashboard=cluster["dashboard"],
+        dashboard_host="127.0.0.1",  # never listen beyond this machine
+        _node_ip_address="127.0.0.1",
+        **options,
+    )
+    return True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | None = None, out=sys.stdout) -> int:
+    """Run every run of ``runs`` that is not done; return 0 when all are done, else 1.
+
+    The caller holds the store's launch ``lock``, which is refreshed here, so any record still
+    ``running`` belongs to a driver that died: it is relaunched like a failed one.
+    """
+    import ray
+
+    todo = [rid for rid in runs if (store.read_record(rid) or {}).get("status") != "done"]
+    if not todo:
+        print(f"nothing to do: all {len(runs)} runs in {store.uri} are done", file=out)
+        return 0
+    started = _start_ray(cluster)
+    try:
+        gpus = cluster["gpus_per_run"] if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        cpus = cluster["cpus_per_run"]
+        task = ray.remote(run_task)
+        options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": cluster["max_retries"],
+                   "retry_exceptions": bool(cluster["retry_failed_runs"])}
+        pending = {
+            task.options(name=rid, **options).remote(runs[rid], store.uri, max(1, int(cpus))): rid for rid in todo
+        }
+        print(f"launched {len(todo)} of {len(runs)} runs ({len(runs) - len(todo)} already done) on "
+              f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs; "
+              f"each run asks for {cpus} CPU and {gpus} GPU", file=out, flush=True)
+        return _follow(store, pending, len(todo), cluster, lock, out)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked | None, out) -> int:
+    """Wait for the runs, reporting failures as they happen and progress as it changes."""
+    import ray
+
+    begin, last_line, last_print = time.monotonic(), None, 0.0
+    done, failed = 0, {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=cluster["progress_every"])
+        for ref in ready:
+            rid = pending.pop(ref)
+            try:
+                ray.get(ref)
+                done += 1
+            except Exception as err:  # a run's own error or an infrastructure failure, after its retries
+                record = store.read_record(rid) or {}
+                reason = record.get("error") if record.get("status") == "failed" else None
+                failed[rid] = reason or f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+                print(f"FAILED {rid} (attempt {record.get('attempt')}): {failed[rid]}", file=out, flush=True)
+        if lock is not None:
+            lock.refresh()
+        running = sum(s.state == "running" for s in states(store, list(pending.values()), stale_after=1e9))
+        elapsed = time.monotonic() - begin
+        left = f", ~{_duration(elapsed / done * (total - done - len(failed)))} left" if done else ""
+        line = f"{done}/{total} done, {running} running, {len(failed)} failed, {len(pending) - running} queued"
+        if line != last_line or time.monotonic() - last_print > 30:
+            print(f"[{_duration(elapsed)}] {line}{left}", file=out, flush=True)
+            last_line, last_print = line, time.monotonic()
+    if failed:
+        print(f"{len(failed)} of {total} runs failed. Fix the cause, then `sweep resume store={store.uri}` "
+              "relaunches them (done runs are kept).", file=out, flush=True)
+        return 1
+    print(f"all {total} runs done in {_duration(time.monotonic() - begin)}; results in {store.uri}", file=out)
+    return 0
+
+
+class locked:
+    """``with locked(store):`` holds the store's launch lock; the driver refreshes it."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+
+    def __enter__(self) -> locked:
+        self.store.acquire_launch_lock(self.owner)
+        return self
+
+    def refresh(self) -> None:
+        self.store.refresh_launch_lock(self.owner)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.store.release_launch_lock(self.owner)
+        except (OSError, StoreError):
+            pass  # a lock left behind goes stale on its own
