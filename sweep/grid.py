@@ -63,6 +63,13 @@ def expand(overrides: list[str]) -> Sweep:
 
     Raises ConfigError naming the first bad run; nothing is launched before this returns.
     """
+    for word in overrides:
+        key = word.partition("=")[0].lstrip("+~")
+        if key in ("eta", "seed", "noise_seed", "arch", "dataset"):
+            raise ConfigError(
+                f"{word}: in a sweep, {key} comes from the grid; change grid.noisy_eta, grid.clean_seeds, "
+                "grid.noisy_seeds, grid.arch or grid.dataset instead (or use `sweep run-one` for a single run)"
+            )
     base = compose_config(overrides)
     grid = _grid(base)
     runs: dict[str, dict] = {}

@@ -37,6 +37,8 @@ def _start_ray(cluster: dict) -> bool:
         return False
     options = {"logging_level": "warning", "log_to_driver": False}
     if cluster["address"]:
+        if cluster["node_ip_address"]:
+            options["_node_ip_address"] = cluster["node_ip_address"]
         ray.init(address=cluster["address"], **options)
         return True
     ray.init(
@@ -56,7 +58,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | None = None, out=sys.stdout) -> int:
+def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | None = None, out=None) -> int:
     """Run every run of ``runs`` that is not done; return 0 when all are done, else 1.
 
     The caller holds the store's launch ``lock``, which is refreshed here, so any record still
@@ -64,6 +66,7 @@ def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | 
     """
     import ray
 
+    out = out or sys.stdout
     todo = [rid for rid in runs if (store.read_record(rid) or {}).get("status") != "done"]
     if not todo:
         print(f"nothing to do: all {len(runs)} runs in {store.uri} are done", file=out)

@@ -1,0 +1,169 @@
+"""The sweep on real Ray: a local Ray started by the driver, and Ray's own
+``ray.cluster_utils.Cluster`` (a head and two worker nodes on 127.0.0.1)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from sweep.grid import expand
+from sweep.launch import drive
+from workers.store import Store
+from workers.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def no_usage_stats(monkeypatch):
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def sweep_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, **kwargs)
+
+
+def start_sweep_cli(*args):
+    """A driver in its own session, so the test can kill it and everything it started."""
+    return subprocess.Popen([sys.executable, "-m", "sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for(condition, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def reference_snapshots(tmp_path, runs):
+    """Each run trained in this process, uninterrupted, with the one thread a Ray task gets."""
+    store = Store.open(str(tmp_path / "reference"), create=True)
+    threads = torch.get_num_threads()
+    try:
+        for config in runs.values():
+            train({**config, "runtime": {**config["runtime"], "threads": 1}}, store)
+    finally:
+        torch.set_num_threads(threads)
+    return by_run(store)
+
+
+def by_run(store):
+    table = store.snapshots().sort_by([("run_id", "ascending"), ("step", "ascending"), ("layer", "ascending")])
+    rows = {}
+    for row in table.to_pylist():
+        rows.setdefault(row["run_id"], []).append(row)
+    return rows
+
+
+def attempts(store):
+    return {r["run_id"]: (r["status"], r["attempt"]) for r in store.runs().to_pylist()}
+
+
+def test_launch_status_and_a_second_launch_that_runs_nothing(tmp_path):
+    store_path = str(tmp_path / "smoke")
+    first = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "all 4 runs done" in first.stdout and "4/4 done, 0 running, 0 failed" in first.stdout
+    status = sweep_cli("status", f"store={store_path}")
+    assert status.returncode == 0
+    assert "total: 0 pending, 0 running, 0 stuck, 4 done, 0 failed" in status.stdout
+    assert "vgg11      digits     0.60        0        0        0        1        0  22/22" in status.stdout
+    store = Store.open(store_path)
+    before = attempts(store)
+    again = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
+    assert again.returncode == 0 and "nothing to do: all 4 runs" in again.stdout
+    assert attempts(store) == before == {rid: ("done", 1) for rid in before}
+    (manifest,) = store.read_manifests()
+    assert set(manifest["runs"]) == set(before) and manifest["code_version"]
+
+
+def test_a_failing_run_is_recorded_while_the_others_finish_and_retries_stop_at_the_bound(tmp_path, capsys):
+    sweep = expand(["experiment=smoke", "cluster.retry_failed_runs=true", "cluster.max_retries=2"])
+    runs = dict(sweep.runs)
+    diverging = expand(["experiment=smoke", "train.lr=1e30", "train.schedule=constant", "grid.clean_seeds=1",
+                        "grid.noisy_seeds=0"]).runs
+    runs.update(diverging)
+    store = Store.open(str(tmp_path / "s"), create=True)
+    assert drive(store, runs, sweep.composed["cluster"]) == 1
+    out = capsys.readouterr().out
+    (bad,) = diverging
+    assert f"FAILED {bad} (attempt 3): RunFailed: non-finite" in out and "sweep resume store=" in out
+    states = attempts(store)
+    assert states.pop(bad) == ("failed", 3)  # the first attempt and max_retries = 2 more
+    assert set(states.values()) == {("done", 1)}
+
+
+def test_two_launches_racing_on_one_store_run_nothing_twice(tmp_path):
+    store_path = str(tmp_path / "s")
+    first = start_sweep_cli("launch", "experiment=smoke", "train.epochs=4", f"store={store_path}")
+    wait_for(lambda: os.path.exists(os.path.join(store_path, "_launch.lock")))
+    second = sweep_cli("launch", "experiment=smoke", "train.epochs=4", f"store={store_path}")
+    assert second.returncode == 2 and "another sweep driver" in second.stderr and "Traceback" not in second.stderr
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    assert set(attempts(Store.open(store_path)).values()) == {("done", 1)}
+
+
+def test_a_driver_killed_with_sigkill_is_completed_by_resume(tmp_path):
+    store_path = str(tmp_path / "s")
+    args = ["experiment=smoke", "train.epochs=6", f"store={store_path}"]
+    driver = start_sweep_cli("launch", *args)
+
+    def some_run_is_midway():
+        if not os.path.exists(os.path.join(store_path, "_store.json")):
+            return False
+        return any(r["status"] == "running" and r["step"] > 0 for r in Store.open(store_path).runs().to_pylist())
+
+    wait_for(some_run_is_midway)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything in its session
+    driver.wait()
+    store = Store.open(store_path)
+    assert any(status == "running" for status, _ in attempts(store).values())
+    status = sweep_cli("status", f"store={store_path}", "stale_after=0")
+    assert "stuck runs" in status.stdout and "sweep resume" in status.stdout
+
+    resumed = sweep_cli("resume", f"store={store_path}")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    got = by_run(store)
+    assert got == reference_snapshots(tmp_path, expand(args[:-1]).runs)  # nothing lost, nothing twice
+    assert max(attempt for _, attempt in attempts(store).values()) == 2
+
+
+def test_a_worker_node_removed_mid_sweep_its_runs_finish_elsewhere(tmp_path, monkeypatch):
+    import ray._private.ray_constants
+    from ray.cluster_utils import Cluster
+
+    # A driver joining by address resolves 127.0.0.1 to this machine's outward IP, where
+    # nothing listens (everything here binds 127.0.0.1); Ray keeps loopback when its
+    # multi-machine mode is off.
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+    })
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    try:
+        sweep = expand(["experiment=smoke", "train.epochs=6", "cluster.gpus_per_run=0.5", "grid.clean_seeds=4",
+                        "cluster.node_ip_address=127.0.0.1", f"cluster.address={cluster.address}"])
+        store = Store.open(str(tmp_path / "s"), create=True)
+
+        def remove_a_busy_node():
+            wait_for(lambda: sum(r["status"] == "running" and r["step"] > 0 for r in store.runs().to_pylist()) >= 2)
+            cluster.remove_node(workers[1])  # both nodes are busy: one run dies with it
+
+        killer = threading.Thread(target=remove_a_busy_node, daemon=True)
+        killer.start()
+        assert drive(store, sweep.runs, sweep.composed["cluster"]) == 0
+        killer.join()
+    finally:
+        cluster.shutdown()
+    assert max(attempt for _, attempt in attempts(store).values()) >= 2  # a run was retried
+    assert by_run(store) == reference_snapshots(tmp_path, sweep.runs)
