@@ -21,9 +21,9 @@ def test_help_lists_every_planned_subcommand():
 
 
 def test_planned_subcommand_says_so_without_a_traceback():
-    out = subprocess.run([sys.executable, "-m", "sweep", "launch", "experiment=demo"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "sweep", "analyze", "store=x"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert "planned in issue 4" in out.stderr
+    assert "planned in issue 5" in out.stderr
     assert "Traceback" not in out.stderr
 
 
