@@ -2,6 +2,7 @@
 ``ray.cluster_utils.Cluster`` (a head and two worker nodes on 127.0.0.1)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 
 from sweep.grid import expand
 from sweep.launch import drive
+from sweep.status import report
 from workers.store import Store
 from workers.train import train
 
@@ -99,6 +101,9 @@ def test_a_failing_run_is_recorded_while_the_others_finish_and_retries_stop_at_t
     states = attempts(store)
     assert states.pop(bad) == ("failed", 3)  # the first attempt and max_retries = 2 more
     assert set(states.values()) == {("done", 1)}
+    text, finished = report(store, stale_after=600)
+    assert finished and "total: 0 pending, 0 running, 0 stuck, 4 done, 1 failed" in text
+    assert re.search(rf"{bad} \(attempt 3, step \d+\): RunFailed: non-finite", text)
 
 
 def test_two_launches_racing_on_one_store_run_nothing_twice(tmp_path):
