@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from analysis.inputs import AnalysisError
 from sweep.config import ConfigError, compose_config, run_config
 from workers.checkpoint import CheckpointError
 from workers.datasets import DatasetError
@@ -32,7 +33,11 @@ SUBCOMMANDS = {
         "sweep status store=PATH [watch=true] [stale_after=SECONDS]",
         None,
     ),
-    "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH out=DIR", 5),
+    "analyze": (
+        "CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
+        "[layer=head|all|NAME] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]",
+        None,
+    ),
     "run-one": (
         "train one run in this process into a store: "
         "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]",
@@ -43,7 +48,7 @@ SUBCOMMANDS = {
         None,
     ),
 }
-USER_ERRORS = (ConfigError, RunConfigError, DatasetError, StoreError, CheckpointError)
+USER_ERRORS = (ConfigError, RunConfigError, DatasetError, StoreError, CheckpointError, AnalysisError)
 
 
 class UsageError(ValueError):
@@ -139,6 +144,39 @@ def status(words: list[str]) -> int:
     return show(Store.open(str(options["store"])), stale_after=float(stale_after), watch=bool(options.get("watch")))
 
 
+def analyze(words: list[str]) -> int:
+    from analysis import inputs, report
+    from analysis.analyze import analyze as compute
+
+    defaults = compose_config([])["analysis"]
+    options = _values(words, {"store", "trajectories", "out", *defaults})
+    if bool(options.get("store")) == bool(options.get("trajectories")) or not options.get("out"):
+        raise UsageError("sweep analyze needs out=DIR and one of store=PATH or trajectories=FILE")
+    settings = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
+    if options.get("store"):
+        trajectories = inputs.from_store(str(options["store"]))
+    else:
+        trajectories = inputs.from_parquet(str(options["trajectories"]))
+    results = compute(
+        trajectories, layer=str(settings["layer"]), k=float(settings["k"]), arl0=float(settings["arl0"]),
+        window=tuple(settings["window"]), ks=tuple(settings["sensitivity_k"]),
+        arl0s=tuple(settings["sensitivity_arl0"]), resamples=int(settings["bootstrap"]), seed=int(settings["seed"]),
+    )
+    page = report.write(results, options["out"])
+    s = results.summary
+    print(report.table1_markdown(results.table1))
+    for name in ("power", "false_alarm"):
+        p = s[name]
+        print(f"{name.replace('_', '-')}: {p['count']}/{p['n']} = {p['rate']:.3f} "
+              f"(Wilson 95% {p['wilson_low']:.3f}-{p['wilson_high']:.3f})")
+    print(f"theoretical false-alarm rate 1 - exp(-{s['snapshots_per_run']}/{s['arl0']:g}) = "
+          f"{s['theoretical_false_alarm']:.3f}")
+    for note in results.notes:
+        print(f"note: {note}")
+    print(f"report: {page}")
+    return 0
+
+
 def run_one(overrides: list[str]) -> int:
     from workers.store import Store
     from workers.train import RunFailed, train
@@ -190,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        commands = {"launch": launch, "resume": resume, "status": status, "run-one": run_one, "data": data}
+        commands = {"launch": launch, "resume": resume, "status": status, "analyze": analyze, "run-one": run_one,
+                    "data": data}
         return commands[args.command](args.overrides)
     except (UsageError, *USER_ERRORS) as err:
         print(f"sweep {args.command}: error: {err}", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""Everything ``sweep analyze`` reports, computed from trajectories (no formatting here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analysis.cusum import METHOD
+from analysis.detection import MIN_CLEAN, Detection, autocorrelation, detect, early_false_alarms, table_rows
+from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
+from analysis.intervals import cohens_d, wilson
+
+
+@dataclass
+class Results:
+    table1: list[dict]
+    summary: dict
+    cohens_d: list[dict]
+    sensitivity: list[dict]
+    detections: list[Detection]  # at the main (k, ARL0), for the figures
+    notes: list[str] = field(default_factory=list)
+
+
+def window_means(traj: Trajectories, arch: str, dataset: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
+    """Per-run mean trace of every layer over snapshots with epoch in [window]."""
+    t = traj.table
+    mask = pc.and_(pc.and_(pc.equal(t["arch"], arch), pc.equal(t["dataset"], dataset)),
+                   pc.and_(pc.greater_equal(t["epoch"], window[0]), pc.less_equal(t["epoch"], window[1])))
+    means = t.filter(mask).group_by(["run_id", "eta", "layer"]).aggregate([("trace", "mean")])
+    return means, layers_of(traj, arch, dataset)
+
+
+def effect_sizes(traj, arch, dataset, *, window, resamples, rng_seed) -> tuple[list[dict], list[str]]:
+    """Cohen's d (eq. 10) for every layer and noisy eta of one configuration."""
+    means, layers = window_means(traj, arch, dataset, window)
+    if means.num_rows == 0:
+        return [], [f"{arch}/{dataset}: no snapshots in the epoch window {list(window)}; Cohen's d skipped"]
+    runs = sorted(set(means["run_id"].to_pylist()))
+    index = {r: i for i, r in enumerate(runs)}
+    column = {name: j for j, name in enumerate(layers)}
+    values = np.full((len(runs), len(layers)), np.nan)
+    eta = np.zeros(len(runs))
+    for r, e, name, v in zip(means["run_id"].to_pylist(), means["eta"].to_pylist(), means["layer"].to_pylist(),
+                             means["trace_mean"].to_pylist()):
+        values[index[r], column[name]] = v
+        eta[index[r]] = e
+    rows, notes = [], []
+    for i, level in enumerate(sorted(set(eta) - {0.0})):
+        clean, noisy = values[eta == 0], values[eta == level]
+        if len(clean) < 2 or len(noisy) < 2:
+            notes.append(f"{arch}/{dataset} eta={level}: {len(clean)} clean and {len(noisy)} noisy runs in the "
+                         "window; Cohen's d needs 2 of each")
+            continue
+        effect = cohens_d(clean, noisy, resamples=resamples, rng=np.random.default_rng([rng_seed, i]))
+        for j, name in enumerate(layers):
+            rows.append({"arch": arch, "dataset": dataset, "layer": name, "eta": float(level),
+                         "d": float(effect.d[j]), "ci_low": float(effect.ci_low[j]),
+                         "ci_high": float(effect.ci_high[j]), "n_clean": effect.n_clean, "n_noisy": effect.n_noisy})
+    return rows, notes
+
+
+def _pooled(detections: list[Detection]) -> tuple[dict, dict]:
+    noisy_hits = sum(int(d.alerted[d.ensemble.eta > 0].sum()) for d in detections)
+    noisy_n = sum(int((d.ensemble.eta > 0).sum()) for d in detections)
+    clean_hits = sum(int(d.alerted[d.ensemble.eta == 0].sum()) for d in detections)
+    clean_n = sum(int((d.ensemble.eta == 0).sum()) for d in detections)
+    return wilson(noisy_hits, noisy_n).as_dict(), wilson(clean_hits, clean_n).as_dict()
+
+
+def analyze(
+    traj: Trajectories, *, layer: str = "head", k: float = 0.5, arl0: float = 1000.0,
+    window: tuple[float, float] = (10, 20), ks: tuple[float, ...] = (0.25, 0.5, 1.0),
+    arl0s: tuple[float, ...] = (500, 1000, 2000), resamples: int = 10_000, seed: int = 0,
+) -> Results:
+    """Table 1, pooled power and false-alarm rate, Cohen's d and the sensitivity table."""
+    if not k > 0 or not arl0 > 1:
+        raise AnalysisError(f"k={k} must be > 0 and arl0={arl0} > 1")
+    if len(window) != 2 or window[0] > window[1]:
+        raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
+    notes = list(traj.notes)
+    table1, cohens, sensitivity, detections = [], [], [], []
+    summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer}
+    for c, (arch, dataset) in enumerate(configurations(traj)):
+        monitored = resolve_layers(traj, arch, dataset, layer)
+        config_detections = []
+        for name in monitored:
+            e, warnings = ensemble(traj, arch, dataset, name)
+            notes += warnings
+            n_clean = int((e.eta == 0).sum())
+            if n_clean < MIN_CLEAN:
+                notes.append(f"{arch}/{dataset}: {n_clean} clean runs, fewer than the {MIN_CLEAN} that leave-one-out "
+                             "calibration needs; skipped")
+                break
+            d = detect(e, k=k, arl0=arl0)
+            config_detections.append(d)
+            table1 += table_rows(d)
+            for sk in ks:
+                for sa in arl0s:
+                    alt = d if (sk, sa) == (k, arl0) else detect(e, k=sk, arl0=sa)
+                    power, false_alarm = _pooled([alt])
+                    sensitivity.append({
+                        "arch": arch, "dataset": dataset, "layer": name, "k": sk, "arl0": sa,
+                        "h": alt.calibration.h, "power": power["rate"], "power_low": power["wilson_low"],
+                        "power_high": power["wilson_high"], "false_alarm_rate": false_alarm["rate"],
+                        "false_alarm_low": false_alarm["wilson_low"], "false_alarm_high": false_alarm["wilson_high"],
+                    })
+        if not config_detections:
+            continue
+        detections += config_detections
+        rows, more = effect_sizes(traj, arch, dataset, window=window, resamples=resamples, rng_seed=seed * 1000 + c)
+        cohens += rows
+        notes += more
+        head = config_detections[0]
+        summary["configurations"][f"{arch}/{dataset}"] = {
+            "h": head.calibration.h, "lag1_autocorrelation": autocorrelation(head),
+            "early_false_alarms": early_false_alarms(head), "snapshots_per_run": len(head.ensemble.steps),
+        }
+    if not detections:
+        raise AnalysisError("no configuration has enough clean runs to calibrate: " + "; ".join(notes))
+    power, false_alarm = _pooled(detections)
+    snapshots = int(np.median([len(d.ensemble.steps) for d in detections]))
+    summary.update({
+        "power": power, "false_alarm": false_alarm, "snapshots_per_run": snapshots,
+        "theoretical_false_alarm": 1 - math.exp(-snapshots / arl0),
+        "early_false_alarms": sum(early_false_alarms(d) for d in detections),
+        "lag1_autocorrelation": {key: v["lag1_autocorrelation"] for key, v in summary["configurations"].items()},
+        "notes": notes,
+    })
+    return Results(table1, summary, cohens, sensitivity, detections, notes)

@@ -1,0 +1,202 @@
+"""Write the analysis outputs; this module only formats what ``analysis.analyze`` computed.
+
+Files in ``out`` (their columns are an interface, documented in docs/statistics.md):
+table1.csv/.md/.tex, cohens_d.csv, sensitivity.csv, summary.json, report.html (one
+self-contained page, figures inlined) and the figures as PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from analysis.analyze import Results
+
+TABLE1 = ["arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean", "det_epoch_std",
+          "h", "k", "arl0"]
+COHENS_D = ["arch", "dataset", "layer", "eta", "d", "ci_low", "ci_high", "n_clean", "n_noisy"]
+SENSITIVITY = ["arch", "dataset", "layer", "k", "arl0", "h", "power", "power_low", "power_high", "false_alarm_rate",
+               "false_alarm_low", "false_alarm_high"]
+
+
+def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _epoch(row: dict) -> str:
+    if math.isnan(row["det_epoch_mean"]):
+        return "-"
+    std = row["det_epoch_std"]
+    return f"{row['det_epoch_mean']:.1f} ± {0.0 if math.isnan(std) else std:.1f}"
+
+
+def table1_markdown(rows: list[dict]) -> str:
+    lines = ["| Arch | Dataset | eta | Layer | Det. epoch (mean ± std) | Alert rate | h |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['dataset']} | {r['eta']:.2f} | {r['layer']} | {_epoch(r)} | "
+              f"{r['n_alerts']}/{r['n_runs']} = {r['alert_rate']:.2f} | {r['h']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table1_latex(rows: list[dict]) -> str:
+    pm, end = "$\\pm$", "\\\\"
+    body = "\n".join(
+        f"{r['arch']} & {r['dataset']} & {r['eta']:.2f} & {_epoch(r).replace('±', pm)} & "
+        f"{r['alert_rate']:.2f} & {r['h']:.2f} {end}" for r in rows
+    )
+    return ("\\begin{tabular}{llrlrr}\n\\toprule\nArch & Dataset & $\\eta$ & Det. epoch & Alert rate & $h$ \\\\\n"
+            f"\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n")
+
+
+def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    colours = {0.25: "tab:orange", 0.4: "tab:red", 0.6: "tab:purple"}
+    for d in results.detections:
+        e = d.ensemble
+        tag = f"{e.arch}_{e.dataset}_{e.layer}".replace("/", "-")
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        ax.fill_between(e.epochs, d.mu0 - d.sigma0, d.mu0 + d.sigma0, color="tab:blue", alpha=0.25,
+                        label="clean mu0 ± sigma0")
+        ax.plot(e.epochs, d.mu0, color="tab:blue")
+        for eta in sorted(set(e.eta) - {0.0}):
+            for i, row in enumerate(e.trace[e.eta == eta]):
+                ax.plot(e.epochs, row, color=colours.get(round(eta, 2), "tab:gray"), lw=0.7, alpha=0.6,
+                        label=f"eta = {eta:.2f}" if i == 0 else None)
+        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer}", title=f"{e.arch} / {e.dataset}: layer-wise trace")
+        ax.legend(fontsize=7)
+        made.append((f"{e.arch} / {e.dataset}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
+
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        stat = np.maximum(d.path.upper, d.path.lower)
+        picks = [np.flatnonzero(e.eta == eta)[:2] for eta in sorted(set(e.eta))]
+        for i in np.concatenate(picks):
+            ax.plot(e.epochs, stat[i], lw=0.9, color=colours.get(round(e.eta[i], 2), "tab:blue"),
+                    label=f"eta = {e.eta[i]:.2f}")
+            if d.path.first_alert[i] >= 0:
+                ax.plot(e.epochs[d.path.first_alert[i]], stat[i, d.path.first_alert[i]], "kx")
+        ax.axhline(d.calibration.h, color="k", ls="--", lw=0.8, label=f"h = {d.calibration.h:.2f}")
+        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{e.arch} / {e.dataset}: CUSUM (x: first alert)")
+        ax.legend(fontsize=7)
+        made.append((f"{e.arch} / {e.dataset}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels, data = [], []
+    for d in results.detections:
+        for eta in sorted(set(d.ensemble.eta)):
+            epochs = d.detection_epoch[d.ensemble.eta == eta]
+            labels.append(f"{d.ensemble.arch}/{d.ensemble.dataset}\n{eta:.2f}")
+            data.append(epochs[np.isfinite(epochs)])
+    for i, values in enumerate(data):
+        ax.plot(np.full(len(values), i), values, "o", alpha=0.5, ms=4)
+    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
+    ax.set(ylabel="detection epoch", title="first alerts per configuration and eta")
+    made.append(("Detection epochs", _save(fig, out / "detection_epochs.png")))
+
+    for arch, dataset in sorted({(r["arch"], r["dataset"]) for r in results.cohens_d}):
+        rows = [r for r in results.cohens_d if (r["arch"], r["dataset"]) == (arch, dataset)]
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
+        etas = sorted({r["eta"] for r in rows})
+        grid = np.full((len(layers), len(etas)), np.nan)
+        for r in rows:
+            grid[layers.index(r["layer"]), etas.index(r["eta"])] = r["d"]
+        fig, ax = plt.subplots(figsize=(4.5, 0.18 * len(layers) + 1.5))
+        limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        ax.set_yticks(range(len(layers)), layers, fontsize=6)
+        ax.set_xticks(range(len(etas)), [f"{e:.2f}" for e in etas])
+        ax.set(xlabel="eta", title=f"{arch} / {dataset}: Cohen's d")
+        fig.colorbar(image, ax=ax)
+        made.append((f"{arch} / {dataset}: Cohen's d", _save(fig, out / f"cohens_d_{arch}_{dataset}.png")))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _html(results: Results, figures: list[tuple[str, Path]]) -> str:
+    s = results.summary
+
+    def proportion(p):
+        return f"{p['count']}/{p['n']} = {p['rate']:.3f} (Wilson 95%: {p['wilson_low']:.3f}, {p['wilson_high']:.3f})"
+
+    head = "".join(f"<th>{c}</th>" for c in TABLE1)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in TABLE1) + "</tr>" for r in results.table1)
+    images = "".join(
+        f"<figure><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, p in figures
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in results.notes) or "<li>none</li>"
+    autocorr = "".join(
+        f"<li>{html.escape(key)}: {v['rho1']:+.3f} ({v['ci_low']:+.3f}, {v['ci_high']:+.3f})</li>"
+        for key, v in s["lag1_autocorrelation"].items()
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>hessian-sweep report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
+<h1>Layer-wise trace CUSUM: detection of label memorisation</h1>
+<p>Monitored layer: {html.escape(str(s['layer']))}; k = {s['k']}, ARL0 = {s['arl0']} snapshots.</p>
+<h2>Pooled</h2><ul>
+<li>Power over noisy runs: {proportion(s['power'])}</li>
+<li>False-alarm rate over clean runs (leave-one-out): {proportion(s['false_alarm'])}</li>
+<li>Theoretical false-alarm rate 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f}</li>
+<li>False alarms within the first five snapshots: {s['early_false_alarms']}</li></ul>
+<h3>Lag-1 autocorrelation of z under H0 (95% interval)</h3><ul>{autocorr}</ul>
+<h2>Table 1</h2><table><tr>{head}</tr>{body}</table>
+<h2>Figures</h2>{images}
+<h2>Calibration</h2><p>{html.escape(s['calibration_method'])}</p>
+<h2>Notes</h2><ul>{notes}</ul></body></html>
+"""
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def _plain(value):
+    """JSON-safe: numpy scalars to Python, NaN to null."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write(results: Results, out: str | Path) -> Path:
+    """Write every output into ``out``; return the path of report.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _csv(out / "table1.csv", TABLE1, results.table1)
+    (out / "table1.md").write_text(table1_markdown(results.table1))
+    (out / "table1.tex").write_text(table1_latex(results.table1))
+    _csv(out / "cohens_d.csv", COHENS_D, results.cohens_d)
+    _csv(out / "sensitivity.csv", SENSITIVITY, results.sensitivity)
+    (out / "summary.json").write_text(json.dumps(_plain(results.summary), indent=1))
+    figures = _figures(results, out)
+    (out / "report.html").write_text(_html(results, figures))
+    return out / "report.html"
