@@ -27,9 +27,9 @@ def wilson(count: int, n: int, *, confidence: float = 0.95) -> Proportion:
 
         (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),  z = Phi^-1((1 + confidence)/2).
 
-    >>> p = wilson(16, 120)  # the paper's pooled false alarms: (0.083, 0.207)
+    >>> p = wilson(16, 120)  # the paper's pooled false alarms; it prints (0.083, 0.207)
     >>> round(p.wilson_low, 3), round(p.wilson_high, 3)
-    (0.083, 0.207)
+    (0.084, 0.206)
     """
     if n < 0 or not 0 <= count <= max(n, 0):
         raise ValueError(f"need 0 <= count <= n, got count={count}, n={n}")
