@@ -1,0 +1,100 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis import report
+from sweep.grid import expand
+from tests.analysis.synthetic import trajectories
+from workers.store import Store
+from workers.train import train
+
+OUTPUTS = ["table1.csv", "table1.md", "table1.tex", "cohens_d.csv", "sensitivity.csv", "summary.json", "report.html",
+           "detection_epochs.png"]
+
+
+def analyze_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sweep", "analyze", *args], capture_output=True, text=True)
+
+
+def header(path):
+    with open(path) as f:
+        return next(csv.reader(f))
+
+
+def check_outputs(out, layer):
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    assert header(out / "table1.csv") == report.TABLE1
+    assert header(out / "cohens_d.csv") == report.COHENS_D
+    assert header(out / "sensitivity.csv") == report.SENSITIVITY
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("power", "false_alarm"):
+        assert set(summary[key]) == {"count", "n", "rate", "wilson_low", "wilson_high"}
+    for key in ("theoretical_false_alarm", "snapshots_per_run", "early_false_alarms", "lag1_autocorrelation",
+                "calibration_method"):
+        assert key in summary
+    page = (out / "report.html").read_text()
+    assert "Table 1" in page and page.count("data:image/png;base64,") >= 3 and layer in page
+    return summary
+
+
+def test_external_trajectories_file(tmp_path):
+    path = tmp_path / "traj.parquet"
+    pq.write_table(trajectories(layers=("features", "fc"), shift=3.0, shift_at=40), path)
+    out = tmp_path / "out"
+    no_head = analyze_cli(f"trajectories={path}", f"out={out}")
+    assert no_head.returncode == 2 and "layer=head needs model metadata" in no_head.stderr
+    assert "one of: features, fc" in no_head.stderr and "Traceback" not in no_head.stderr
+    done = analyze_cli(f"trajectories={path}", f"out={out}", "layer=fc", "seed=3", "bootstrap=500")
+    assert done.returncode == 0, done.stderr
+    summary = check_outputs(out, "fc")
+    assert summary["power"]["n"] == 30 and summary["power"]["rate"] > 0.9  # a 3 sd shift from epoch ~10
+    assert "| resnet18 | cifar10 | 0.25 | fc |" in done.stdout and "report:" in done.stdout
+    rows = list(csv.DictReader(open(out / "cohens_d.csv")))
+    assert {r["layer"] for r in rows} == {"features", "fc"} and len(rows) == 6
+    fc = [float(r["d"]) for r in rows if r["layer"] == "fc"]
+    assert all(d < 0 for d in fc)  # the noisy trace is larger: negative d, the paper's sign
+    assert len(list(csv.DictReader(open(out / "sensitivity.csv")))) == 9
+
+
+def test_a_smoke_store(tmp_path):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    for config in expand(["experiment=smoke", "train.epochs=3"]).runs.values():
+        train(config, store)
+    out = tmp_path / "out"
+    done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
+    assert done.returncode == 0, done.stderr
+    check_outputs(out, "classifier")  # the head of VGG-11, from the store's metadata
+    assert (out / "trajectories_vgg11_digits_classifier.png").exists()
+    assert "no snapshots in the epoch window [10, 20]" in done.stdout  # 3 epochs: said, not fatal
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "lacks the columns \\['trace'\\]"),
+    ("nan", "traces are NaN or infinite \\(for example resnet18-cifar10-0.0-0 step 100"),
+    ("empty_store", "holds no runs yet"),
+    ("no_store", "there is no store at"),
+])
+def test_bad_input_is_one_message(tmp_path, case, message):
+    table = trajectories(noisy=2, clean=3)
+    if case == "missing":
+        pq.write_table(table.drop(["trace"]), tmp_path / "t.parquet")
+        args = [f"trajectories={tmp_path / 't.parquet'}"]
+    elif case == "nan":
+        traces = table["trace"].to_pylist()
+        traces[0] = float("nan")
+        pq.write_table(table.set_column(8, "trace", pa.array(traces)), tmp_path / "t.parquet")
+        args = [f"trajectories={tmp_path / 't.parquet'}"]
+    elif case == "empty_store":
+        Store.open(str(tmp_path / "s"), create=True)
+        args = [f"store={tmp_path / 's'}"]
+    else:
+        args = [f"store={tmp_path / 'nothing'}"]
+    out = analyze_cli(*args, f"out={tmp_path / 'out'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert __import__("re").search(message, out.stderr), out.stderr
