@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_curvature
+	$(PY) -m tests.benchmarks.bench_analysis
 
 clean:
 	rm -rf $(VENV) .pytest_cache
