@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: the demo sweep (30 digits runs) into runs/demo, then its analysis.
+# A second `make demo` reuses every done run and finishes in seconds.
 demo: $(STAMP)
-	$(PY) -m workers.curvature.demo
+	$(PY) -m sweep launch experiment=demo store=runs/demo
+	$(PY) -m sweep analyze store=runs/demo out=runs/demo-report
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -76,7 +76,10 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
             for i, row in enumerate(e.trace[e.eta == eta]):
                 ax.plot(e.epochs, row, color=colours.get(round(eta, 2), "tab:gray"), lw=0.7, alpha=0.6,
                         label=f"eta = {eta:.2f}" if i == 0 else None)
-        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer}", title=f"{e.arch} / {e.dataset}: layer-wise trace")
+        # early-training spikes dwarf the rest on a linear axis: symmetric log above the typical level
+        typical = float(np.nanmedian(np.abs(d.mu0))) if np.isfinite(d.mu0).any() else 1.0
+        ax.set_yscale("symlog", linthresh=max(typical, 1e-6))
+        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{e.arch} / {e.dataset}: layer-wise trace")
         ax.legend(fontsize=7)
         made.append((f"{e.arch} / {e.dataset}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
 
