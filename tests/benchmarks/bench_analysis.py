@@ -65,7 +65,8 @@ def main() -> int:
     print(f"{rows:,} rows (300 runs x 117 snapshots x 62 layers)")
     print(f"read {read - start:.1f} s, statistics {computed - read:.1f} s, report {written - computed:.1f} s: "
           f"total {written - start:.1f} s; peak RSS {peak:.0f} MiB")
-    print(f"pooled power {results.summary['power']['rate']:.3f}, false alarm {results.summary['false_alarm']['rate']:.3f}")
+    summary = results.summary
+    print(f"pooled power {summary['power']['rate']:.3f}, false alarm {summary['false_alarm']['rate']:.3f}")
     return 0
 
 

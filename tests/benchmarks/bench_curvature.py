@@ -1,6 +1,6 @@
-"""Side-by-side timings of the layer-wise trace on a CIFAR ResNet-18 (``make bench``).
+"""Side-by-side timings of the layer-wise trace on CIFAR ResNet-18 and VGG-11 (``make bench``).
 
-For each configuration (width, batch) it times, as medians over repetitions:
+For each configuration (architecture, width, batch) it times, as medians over repetitions:
 - ``layerwise_trace`` with K probes for each HVP mechanism (reverse, forward, forward-vmap);
 - the whole-network Hutchinson trace with the same K (PyHessian's way);
 - the naive per-layer loop of block-restricted HVPs (L products per probe); it may
@@ -8,7 +8,7 @@ For each configuration (width, batch) it times, as medians over repetitions:
 - one training step (forward + backward + SGD) on the same batch.
 It prints the ratios. Nothing here is asserted; the figures go in the README.
 
-    python -m tests.benchmarks.bench_curvature --config 0.125:128 --config 1.0:32
+    python -m tests.benchmarks.bench_curvature --config resnet18:0.125:128 --config vgg11:1.0:32:1
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from workers.curvature import blockwise_trace, layerwise_trace, network_trace, parameter_groups
-from workers.models import resnet18
+from workers.models import ARCHITECTURES, build_model
 
 
 def median_seconds(fn, reps: int) -> float:
@@ -34,14 +34,14 @@ def median_seconds(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench(width: float, batch: int, *, probes: int, naive_probes: int, reps: int, naive_reps: int) -> None:
+def bench(arch: str, width: float, batch: int, *, probes: int, naive_probes: int, reps: int, naive_reps: int) -> None:
     torch.manual_seed(0)
-    model = resnet18(num_classes=10, width=width)
+    model = build_model(arch, num_classes=10, width=width)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     criterion = nn.CrossEntropyLoss()
     num_params = sum(p.numel() for p in model.parameters())
     num_groups = len(parameter_groups(model).names)
-    print(f"\nResNet-18 width {width} ({num_params:,} parameters, L = {num_groups} groups), batch {batch}, "
+    print(f"\n{arch} width {width} ({num_params:,} parameters, L = {num_groups} groups), batch {batch}, "
           f"K = {probes}, medians of {reps} (naive loop: {naive_reps} x K = {naive_probes})")
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -87,19 +87,22 @@ def bench(width: float, batch: int, *, probes: int, naive_probes: int, reps: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=None,
-                        help="WIDTH:BATCH[:NAIVE_PROBES]; repeatable (default 0.125:128:10 and 1.0:32:1)")
+                        help="[ARCH:]WIDTH:BATCH[:NAIVE_PROBES]; repeatable (default: resnet18 and vgg11, each "
+                             "at 0.125:128:10 and 1.0:32:1)")
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--naive-reps", type=int, default=1)
     args = parser.parse_args(argv)
-    configs = args.config or ["0.125:128:10", "1.0:32:1"]
+    configs = args.config or [f"{a}:{c}" for a in ("resnet18", "vgg11") for c in ("0.125:128:10", "1.0:32:1")]
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {time.strftime('%Y-%m-%d')}")
     for spec in configs:
         parts = spec.split(":")
+        arch = parts.pop(0) if parts[0] in ARCHITECTURES else "resnet18"
         width, batch = float(parts[0]), int(parts[1])
         naive_probes = int(parts[2]) if len(parts) > 2 else args.probes
-        bench(width, batch, probes=args.probes, naive_probes=naive_probes, reps=args.reps, naive_reps=args.naive_reps)
+        bench(arch, width, batch, probes=args.probes, naive_probes=naive_probes, reps=args.reps,
+              naive_reps=args.naive_reps)
 
 
 if __name__ == "__main__":
