@@ -234,3 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, *USER_ERRORS) as err:
         print(f"sweep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sweep status ... | head`: the reader left; nothing went wrong here
+        sys.stderr.close()
+        return 0
