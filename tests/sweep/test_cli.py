@@ -93,3 +93,18 @@ def test_data_download_and_verify_from_a_local_server(tmp_path, http_root):
     assert bad.returncode == 2 and "expected eb9058c3a382ffc7106e4002c42a8d85" in bad.stderr
     usage = sweep("data", "fetch")
     assert usage.returncode == 2 and "usage: sweep data download|verify" in usage.stderr
+
+
+def test_resume_and_status_refuse_what_they_cannot_use(tmp_path):
+    from workers.store import Store
+
+    Store.open(str(tmp_path / "s"), create=True)
+    out = sweep("resume", f"store={tmp_path / 's'}")
+    assert out.returncode == 2 and "has no sweep manifest" in out.stderr and "sweep launch experiment=" in out.stderr
+    (tmp_path / "s" / "_store.json").write_text('{"schema_version": 0}')
+    old = sweep("resume", f"store={tmp_path / 's'}")
+    assert old.returncode == 2 and "schema version 0" in old.stderr and "Traceback" not in old.stderr
+    missing = sweep("status", f"store={tmp_path / 'nope'}")
+    assert missing.returncode == 2 and "there is no store" in missing.stderr
+    usage = sweep("resume", f"store={tmp_path / 's'}", "cluster.bogus=1")
+    assert usage.returncode == 2
