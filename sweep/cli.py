@@ -1,7 +1,5 @@
 """The ``sweep`` command line: one subcommand per thing a user does with a sweep.
 
-Subcommands that later issues build are listed already, so ``sweep --help`` shows
-the whole tool; calling one of them says which issue brings it and exits 2.
 Every error a user can cause is printed as one message with its fix, no traceback.
 """
 
@@ -18,34 +16,28 @@ from workers.datasets import DatasetError
 from workers.run_config import RunConfigError, validate
 from workers.store import StoreError
 
-# name -> (one-line help, the issue that builds it, or None when it is here)
+# name -> one-line help, shown by ``sweep --help`` and ``sweep NAME --help``
 SUBCOMMANDS = {
     "launch": (
-        "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]",
-        None,
+        "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]"
     ),
     "resume": (
-        "relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH [cluster.KEY=VALUE ...]",
-        None,
+        "relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH [cluster.KEY=VALUE ...]"
     ),
     "status": (
         "counts by state, failures and stuck runs, from the store alone: "
-        "sweep status store=PATH [watch=true] [stale_after=SECONDS]",
-        None,
+        "sweep status store=PATH [watch=true] [stale_after=SECONDS]"
     ),
     "analyze": (
         "CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
-        "[layer=head|all|NAME] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]",
-        None,
+        "[layer=head|all|NAME] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]"
     ),
     "run-one": (
         "train one run in this process into a store: "
-        "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]",
-        None,
+        "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"
     ),
     "data": (
-        "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]",
-        None,
+        "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]"
     ),
 }
 USER_ERRORS = (ConfigError, RunConfigError, DatasetError, StoreError, CheckpointError, AnalysisError)
@@ -61,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="hessian-sweep: layer-wise Hessian trace monitoring across a distributed training sweep.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (text, _) in SUBCOMMANDS.items():
+    for name, text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("overrides", nargs="*", help="key=value overrides")
     return parser
@@ -219,14 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    _, issue = SUBCOMMANDS[args.command]
-    if issue is not None:
-        print(
-            f"sweep {args.command}: not available yet in this version (it is planned in issue {issue}).\n"
-            "For now `sweep launch` runs a sweep and `sweep status` shows it.",
-            file=sys.stderr,
-        )
-        return 2
     try:
         commands = {"launch": launch, "resume": resume, "status": status, "analyze": analyze, "run-one": run_one,
                     "data": data}

@@ -13,17 +13,17 @@ from workers.curvature import layerwise_trace
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_help_lists_every_planned_subcommand():
+def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "sweep", "--help"], capture_output=True, text=True, check=True)
     for name in ("launch", "resume", "status", "analyze", "run-one", "data"):
         assert name in out.stdout
     assert set(SUBCOMMANDS) == {"launch", "resume", "status", "analyze", "run-one", "data"}
 
 
-def test_planned_subcommand_says_so_without_a_traceback():
+def test_analyze_without_out_names_what_is_missing_without_a_traceback():
     out = subprocess.run([sys.executable, "-m", "sweep", "analyze", "store=x"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert "planned in issue 5" in out.stderr
+    assert "needs out=DIR" in out.stderr
     assert "Traceback" not in out.stderr
 
 
