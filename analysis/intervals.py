@@ -39,7 +39,9 @@ def wilson(count: int, n: int, *, confidence: float = 0.95) -> Proportion:
     p = count / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Proportion(count, n, p, float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    low = 0.0 if count == 0 else max(0.0, centre - half)  # at the edges the closed form is exactly 0 or 1;
+    high = 1.0 if count == n else min(1.0, centre + half)  # floating point would give 0.9999999999999999
+    return Proportion(count, n, p, float(low), float(high))
 
 
 @dataclass(frozen=True)

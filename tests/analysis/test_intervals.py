@@ -14,6 +14,12 @@ def test_wilson_matches_scipy(count, n):
     assert got.rate == count / n
 
 
+def test_wilson_edges_are_exact():
+    # closed form at p = 1: centre + half = (1 + z^2/2n + z^2/2n) / (1 + z^2/n) = 1 exactly; at p = 0 the low is 0
+    assert wilson(10, 10).wilson_high == 1.0
+    assert wilson(0, 10).wilson_low == 0.0
+
+
 def test_wilson_of_the_papers_false_alarms_and_refuses_nonsense():
     # paper section 5.4 prints (0.083, 0.207) for 16/120; the Wilson interval (and scipy's) is
     # (0.0838, 0.2062): the paper's bounds are 0.001 wider on each side.
