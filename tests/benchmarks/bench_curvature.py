@@ -6,7 +6,7 @@ For each configuration (architecture, width, batch) it times, as medians over re
 - the naive per-layer loop of block-restricted HVPs (L products per probe); it may
   use fewer probes than K (``--naive-probes``), so it is compared per probe;
 - one training step (forward + backward + SGD) on the same batch.
-It prints the ratios. Nothing here is asserted; the figures go in the README.
+It prints the ratios. Nothing here is asserted; the figures go in docs/benchmarks.md.
 
     python -m tests.benchmarks.bench_curvature --config resnet18:0.125:128 --config vgg11:1.0:32:1
 """

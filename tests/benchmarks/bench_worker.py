@@ -94,20 +94,23 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def monitoring_overhead(width: float = 0.25, epochs: int = 40) -> None:
+def monitoring_overhead(width: float = 0.25, epochs: int = 40, reps: int = 3) -> None:
     overrides = [f"arch.width={width}", f"train.epochs={epochs}", "monitor.every=100", "runtime.device=cpu"]
-    with tempfile.TemporaryDirectory() as folder:
-        store = Store.open(folder, create=True)
-        seconds = {}
+    ratios, seconds = [], {True: [], False: []}
+    for _ in range(reps):  # on and off interleaved, so a slow spell of the machine hits both
         for enabled in (True, False):
-            config = run_config(compose_config([*overrides, f"monitor.enabled={str(enabled).lower()}"]))
-            metrics = train(config, store)["final_metrics"]
-            seconds[enabled] = (metrics["run_seconds"], metrics["monitor_seconds"], metrics["steps"])
-    (on, monitor, steps), (off, _, _) = seconds[True], seconds[False]
+            with tempfile.TemporaryDirectory() as folder:
+                config = run_config(compose_config([*overrides, f"monitor.enabled={str(enabled).lower()}"]))
+                metrics = train(config, Store.open(folder, create=True))["final_metrics"]
+            seconds[enabled].append((metrics["run_seconds"], metrics["monitor_seconds"], metrics["steps"]))
+        ratios.append(seconds[True][-1][0] / seconds[False][-1][0])
+    on, monitor, steps = (statistics.median(x) for x in zip(*seconds[True]))
+    off = statistics.median(x[0] for x in seconds[False])
     print(f"\n2. monitoring overhead in the real loop: digits, ResNet-18 width {width}, {steps:.0f} steps, "
-          f"K = 10 every 100 steps ({int(steps) // 100} snapshots)")
+          f"K = 10 every 100 steps ({int(steps) // 100} snapshots), medians of {reps}")
     print(f"  with monitoring {on:.1f} s (of which layerwise_trace {monitor:.1f} s), without {off:.1f} s: "
-          f"overhead {on / off - 1:.1%}")
+          f"overhead {statistics.median(ratios) - 1:.1%} (per repetition: "
+          f"{', '.join(f'{r - 1:.1%}' for r in ratios)})")
 
 
 def worker_memory() -> None:
