@@ -138,7 +138,7 @@ METHOD = (
 
 def calibrate(z_in_control: np.ndarray, *, k: float = 0.5, arl0: float = 1000.0, states: int = STATES) -> Calibration:
     """The h at which the two-sided CUSUM has in-control ARL ``arl0`` (snapshots) for
-    z distributed as the pooled in-control values, by bisection (paper section 5.2).
+    z distributed as the pooled in-control values, by Brent's method in h (the paper bisects, section 5.2).
 
     >>> rng = np.random.default_rng(0)
     >>> round(calibrate(rng.standard_normal(20000), k=0.5, arl0=465).h, 1)

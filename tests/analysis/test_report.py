@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,12 @@ def test_a_smoke_store(tmp_path):
     check_outputs(out, "classifier")  # the head of VGG-11, from the store's metadata
     assert (out / "trajectories_vgg11_digits_classifier.png").exists()
     assert "no snapshots in the epoch window [10, 20]" in done.stdout  # 3 epochs: said, not fatal
+    # the same trajectories exported to a Parquet file give the same Table 1 through trajectories=
+    exported = tmp_path / "head.parquet"
+    pq.write_table(store.snapshots(layer="classifier"), exported)
+    again = analyze_cli(f"trajectories={exported}", f"out={tmp_path / 'out2'}", "layer=classifier", "bootstrap=200")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out2" / "table1.csv").read_text() == (out / "table1.csv").read_text()
 
 
 @pytest.mark.parametrize("case, message", [
@@ -97,4 +104,4 @@ def test_bad_input_is_one_message(tmp_path, case, message):
         args = [f"store={tmp_path / 'nothing'}"]
     out = analyze_cli(*args, f"out={tmp_path / 'out'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert __import__("re").search(message, out.stderr), out.stderr
+    assert re.search(message, out.stderr), out.stderr

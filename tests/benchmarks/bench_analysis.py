@@ -16,35 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import inputs, report
 from analysis.analyze import analyze
+from tests.analysis.synthetic import trajectories
 
 CONFIGS = [(a, d) for a in ("resnet18", "resnet34", "vgg11") for d in ("cifar10", "cifar100")]
 
 
 def paper_sized(path: Path, *, snapshots: int = 117, layers: int = 62, seed: int = 0) -> int:
-    rng = np.random.default_rng(seed)
-    names = np.array([f"layer{i}" for i in range(layers - 1)] + ["head"])
-    steps = np.arange(1, snapshots + 1) * 100
-    parts = []
-    for arch, dataset in CONFIGS:
-        for eta, count in ((0.0, 20), (0.25, 10), (0.4, 10), (0.6, 10)):
-            for seed_ in range(count):
-                trace = np.linspace(5, 10, snapshots)[:, None] + rng.standard_normal((snapshots, layers))
-                if eta > 0:
-                    trace[30:, -1] += 2.0
-                n = snapshots * layers
-                parts.append(pa.table({
-                    "run_id": [f"{arch}-{dataset}-{eta}-{seed_}"] * n, "arch": [arch] * n, "dataset": [dataset] * n,
-                    "eta": np.full(n, eta), "seed": np.full(n, seed_), "step": np.repeat(steps, layers),
-                    "epoch": np.repeat(steps / 390, layers), "layer": np.tile(names, snapshots),
-                    "trace": trace.ravel(),
-                }))
-    table = pa.concat_tables(parts)
+    names = tuple(f"layer{i}" for i in range(layers - 1)) + ("head",)
+    table = trajectories(configs=CONFIGS, steps=snapshots, layers=names, shift=2.0, shift_at=30, seed=seed)
     pq.write_table(table, path)
     return table.num_rows
 
@@ -54,10 +37,10 @@ def main() -> int:
         path = Path(folder) / "paper.parquet"
         rows = paper_sized(path)
         start = time.perf_counter()
-        trajectories = inputs.from_parquet(str(path))
-        trajectories.heads = {arch: "head" for arch, _ in CONFIGS}
+        traj = inputs.from_parquet(str(path))
+        traj.heads = {arch: "head" for arch, _ in CONFIGS}
         read = time.perf_counter()
-        results = analyze(trajectories)
+        results = analyze(traj)
         computed = time.perf_counter()
         report.write(results, Path(folder) / "out")
         written = time.perf_counter()
