@@ -25,20 +25,20 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
-def window_means(traj: Trajectories, arch: str, dataset: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
+def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
     """Per-run mean trace of every layer over snapshots with epoch in [window]."""
     t = traj.table
-    mask = pc.and_(pc.and_(pc.equal(t["arch"], arch), pc.equal(t["dataset"], dataset)),
+    mask = pc.and_(pc.equal(t["configuration"], configuration),
                    pc.and_(pc.greater_equal(t["epoch"], window[0]), pc.less_equal(t["epoch"], window[1])))
     means = t.filter(mask).group_by(["run_id", "eta", "layer"]).aggregate([("trace", "mean")])
-    return means, layers_of(traj, arch, dataset)
+    return means, layers_of(traj, configuration)
 
 
-def effect_sizes(traj, arch, dataset, *, window, resamples, rng_seed) -> tuple[list[dict], list[str]]:
+def effect_sizes(traj, configuration, arch, dataset, *, window, resamples, rng_seed) -> tuple[list[dict], list[str]]:
     """Cohen's d (eq. 10) for every layer and noisy eta of one configuration."""
-    means, layers = window_means(traj, arch, dataset, window)
+    means, layers = window_means(traj, configuration, window)
     if means.num_rows == 0:
-        return [], [f"{arch}/{dataset}: no snapshots in the epoch window {list(window)}; Cohen's d skipped"]
+        return [], [f"{configuration}: no snapshots in the epoch window {list(window)}; Cohen's d skipped"]
     runs = sorted(set(means["run_id"].to_pylist()))
     index = {r: i for i, r in enumerate(runs)}
     column = {name: j for j, name in enumerate(layers)}
@@ -52,12 +52,13 @@ def effect_sizes(traj, arch, dataset, *, window, resamples, rng_seed) -> tuple[l
     for i, level in enumerate(sorted(set(eta) - {0.0})):
         clean, noisy = values[eta == 0], values[eta == level]
         if len(clean) < 2 or len(noisy) < 2:
-            notes.append(f"{arch}/{dataset} eta={level}: {len(clean)} clean and {len(noisy)} noisy runs in the "
+            notes.append(f"{configuration} eta={level}: {len(clean)} clean and {len(noisy)} noisy runs in the "
                          "window; Cohen's d needs 2 of each")
             continue
         effect = cohens_d(clean, noisy, resamples=resamples, rng=np.random.default_rng([rng_seed, i]))
         for j, name in enumerate(layers):
-            rows.append({"arch": arch, "dataset": dataset, "layer": name, "eta": float(level),
+            rows.append({"configuration": configuration, "arch": arch, "dataset": dataset,
+                         "layer": name, "eta": float(level),
                          "d": float(effect.d[j]), "ci_low": float(effect.ci_low[j]),
                          "ci_high": float(effect.ci_high[j]), "n_clean": effect.n_clean, "n_noisy": effect.n_noisy})
     return rows, notes
@@ -84,15 +85,15 @@ def analyze(
     notes = list(traj.notes)
     table1, cohens, sensitivity, detections = [], [], [], []
     summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer}
-    for c, (arch, dataset) in enumerate(configurations(traj)):
-        monitored = resolve_layers(traj, arch, dataset, layer)
+    for c, (configuration, arch, dataset) in enumerate(configurations(traj)):
+        monitored = resolve_layers(traj, configuration, arch, layer)
         config_detections = []
         for name in monitored:
-            e, warnings = ensemble(traj, arch, dataset, name)
+            e, warnings = ensemble(traj, configuration, name)
             notes += warnings
             n_clean = int((e.eta == 0).sum())
             if n_clean < MIN_CLEAN:
-                notes.append(f"{arch}/{dataset}: {n_clean} clean runs, fewer than the {MIN_CLEAN} that leave-one-out "
+                notes.append(f"{configuration}: {n_clean} clean runs, fewer than the {MIN_CLEAN} that leave-one-out "
                              "calibration needs; skipped")
                 break
             d = detect(e, k=k, arl0=arl0)
@@ -103,7 +104,8 @@ def analyze(
                     alt = d if (sk, sa) == (k, arl0) else detect(e, k=sk, arl0=sa)
                     power, false_alarm = _pooled([alt])
                     sensitivity.append({
-                        "arch": arch, "dataset": dataset, "layer": name, "k": sk, "arl0": sa,
+                        "configuration": configuration, "arch": arch, "dataset": dataset, "layer": name,
+                        "k": sk, "arl0": sa,
                         "h": alt.calibration.h, "power": power["rate"], "power_low": power["wilson_low"],
                         "power_high": power["wilson_high"], "false_alarm_rate": false_alarm["rate"],
                         "false_alarm_low": false_alarm["wilson_low"], "false_alarm_high": false_alarm["wilson_high"],
@@ -111,11 +113,13 @@ def analyze(
         if not config_detections:
             continue
         detections += config_detections
-        rows, more = effect_sizes(traj, arch, dataset, window=window, resamples=resamples, rng_seed=seed * 1000 + c)
+        rows, more = effect_sizes(traj, configuration, arch, dataset, window=window, resamples=resamples,
+                                  rng_seed=seed * 1000 + c)
         cohens += rows
         notes += more
         head = config_detections[0]
-        summary["configurations"][f"{arch}/{dataset}"] = {
+        summary["configurations"][configuration] = {
+            "arch": arch, "dataset": dataset,
             "h": head.calibration.h, "lag1_autocorrelation": autocorrelation(head),
             "early_false_alarms": early_false_alarms(head), "snapshots_per_run": len(head.ensemble.steps),
         }

@@ -1,6 +1,6 @@
 """The paper's Table 1 and its pooled claims (sections 5.2-5.4), from aligned trajectories.
 
-Per configuration (arch, dataset) and monitored layer:
+Per configuration (the run config minus eta, seed and runtime) and monitored layer:
 1. Phase I: the clean runs (eta = 0) give mu0(t), sigma0(t) pointwise per snapshot step.
 2. z_t = (T(t) - mu0(t)) / sigma0(t); a clean run is standardised leave-one-out (its own
    trajectory never enters its mu0, sigma0), a noisy run against the whole clean ensemble.
@@ -77,7 +77,8 @@ def table_rows(detection: Detection) -> list[dict]:
         runs = e.eta == eta
         hit = epochs[runs][np.isfinite(epochs[runs])]
         rows.append({
-            "arch": e.arch, "dataset": e.dataset, "eta": float(eta), "layer": e.layer, "n_runs": int(runs.sum()),
+            "configuration": e.configuration, "arch": e.arch, "dataset": e.dataset, "eta": float(eta),
+            "layer": e.layer, "n_runs": int(runs.sum()),
             "n_alerts": int(len(hit)), "alert_rate": float(len(hit) / runs.sum()),
             "det_epoch_mean": float(hit.mean()) if len(hit) else float("nan"),
             "det_epoch_std": float(hit.std(ddof=1)) if len(hit) > 1 else float("nan"),

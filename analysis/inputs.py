@@ -1,6 +1,11 @@
-"""Trajectories for the analysis: from the project's store or from any Parquet file or
-folder in long format (run_id, arch, dataset, eta, seed, step, epoch, layer, trace),
-validated in one place and aligned by step into [runs, snapshots] matrices."""
+"""Trajectories for the analysis: from one sweep of the project's store, or from any
+Parquet file or folder in long format, validated in one place and aligned by step into
+[runs, snapshots] matrices.
+
+Long format: run_id, arch, dataset, eta, seed, step, epoch, layer and either ``trace``
+or ``quantity`` + ``value`` (what `sweep export` writes; the rows of one quantity are
+used), optionally ``configuration``. Runs are compared only within a configuration (the
+run config minus eta, seed and runtime; without the column: arch and dataset)."""
 
 from __future__ import annotations
 
@@ -12,9 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workers.store import Store, StoreError
-
-COLUMNS = ("run_id", "arch", "dataset", "eta", "seed", "step", "epoch", "layer", "trace")
+COLUMNS = ("run_id", "configuration", "arch", "dataset", "eta", "seed", "step", "epoch", "layer", "trace")
 
 
 class AnalysisError(ValueError):
@@ -32,20 +35,35 @@ class Trajectories:
     notes: list[str] = field(default_factory=list)
 
 
-def _check(table: pa.Table, source: str) -> pa.Table:
+def _check(table: pa.Table, source: str, quantity: str = "trace") -> pa.Table:
+    if "quantity" in table.column_names and "value" in table.column_names:
+        found = sorted(set(pc.unique(table["quantity"]).to_pylist()))
+        table = table.filter(pc.equal(table["quantity"], quantity))
+        if table.num_rows == 0:
+            raise AnalysisError(f"{source} has no rows of quantity={quantity}; its quantities: {', '.join(found)}")
+        table = table.drop_columns([c for c in ("trace",) if c in table.column_names])
+        table = table.append_column("trace", table["value"])
+    elif quantity != "trace":
+        raise AnalysisError(f"quantity={quantity} needs quantity and value columns, which {source} lacks")
+    if "configuration" not in table.column_names and {"arch", "dataset"} <= set(table.column_names):
+        table = table.append_column("configuration", pc.binary_join_element_wise(
+            table["arch"].cast(pa.string()), table["dataset"].cast(pa.string()), "-"))
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise AnalysisError(
             f"{source} lacks the columns {missing}; trajectories need {list(COLUMNS)} in long format "
-            "(one row per run, snapshot and layer)"
+            "(one row per run, snapshot and layer; quantity + value in place of trace as `sweep export` writes)"
         )
     if table.num_rows == 0:
         raise AnalysisError(f"{source} holds no trajectories: nothing to analyse (is the sweep done?)")
-    table = table.select(list(COLUMNS)).cast(pa.schema([
-        ("run_id", pa.string()), ("arch", pa.string()), ("dataset", pa.string()), ("eta", pa.float64()),
-        ("seed", pa.int64()), ("step", pa.int64()), ("epoch", pa.float64()), ("layer", pa.string()),
-        ("trace", pa.float64()),
-    ]))
+    try:
+        table = table.select(list(COLUMNS)).cast(pa.schema([
+            ("run_id", pa.string()), ("configuration", pa.string()), ("arch", pa.string()), ("dataset", pa.string()),
+            ("eta", pa.float64()), ("seed", pa.int64()), ("step", pa.int64()), ("epoch", pa.float64()),
+            ("layer", pa.string()), ("trace", pa.float64()),
+        ]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+        raise AnalysisError(f"{source}: a column has the wrong type ({str(err).splitlines()[0]})") from None
     bad = pc.invert(pc.is_finite(table["trace"]))
     if pc.any(bad).as_py():
         rows = table.filter(bad).slice(0, 3).to_pylist()
@@ -57,43 +75,60 @@ def _check(table: pa.Table, source: str) -> pa.Table:
     return table
 
 
-def from_store(uri: str) -> Trajectories:
-    """The done runs of a store; runs not done are named in the notes."""
+def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -> Trajectories:
+    """The done runs of one sweep of a store (default: the latest); runs not done or
+    damaged are left out and named in the notes."""
+    from store import Store, StoreError
+    from sweep.ledger import select
+
     try:
         store = Store.open(uri)
+        chosen = select(store, sweep)
+        runs = store.runs(run_ids=chosen.run_ids)
+        damaged = store.damaged_runs(chosen.run_ids)
     except StoreError as err:
         raise AnalysisError(str(err)) from None
-    runs = store.runs()
-    if runs.num_rows == 0:
-        raise AnalysisError(f"the store {uri} holds no runs yet; launch a sweep into it first")
+    notes = list(chosen.notes)
+    if runs.num_rows == 0 and not damaged:
+        raise AnalysisError(f"the store {uri} holds no runs of sweep {chosen.label} yet; launch a sweep into it first")
+    if chosen.label not in ("all", "(no manifest)") and len(chosen.sweeps) > 1:
+        notes.append(f"sweep {chosen.label} analysed; the store holds {len(chosen.sweeps)} sweeps "
+                     "(sweep=ID picks another, sweep=all takes every one, configurations still kept apart)")
+    for health in damaged:
+        notes.append(f"{health.run_id} is left out: {health.problems[0]}")
     done = runs.filter(pc.equal(runs["status"], "done"))
-    notes = []
     if done.num_rows < runs.num_rows:
         counts = {}
         for status in runs.filter(pc.not_equal(runs["status"], "done"))["status"].to_pylist():
             counts[status] = counts.get(status, 0) + 1
         notes.append(f"{runs.num_rows - done.num_rows} of {runs.num_rows} runs are not done "
                      f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) and are left out")
-    table = store.snapshots(status="done")
+    try:
+        table = store.snapshots(run_ids=done["run_id"].to_pylist(), quantity=quantity)
+    except StoreError as err:
+        raise AnalysisError(str(err)) from None
+    if table.num_rows == 0 and done.num_rows:
+        raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["arch"].to_pylist(), done["head_layer"].to_pylist()))
-    return Trajectories(_check(table, f"the store {uri}"), heads, uri, notes)
+    return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes)
 
 
-def from_parquet(path: str) -> Trajectories:
-    """Trajectories logged by other code: a Parquet file or a folder of them."""
+def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
+    """Trajectories logged by other code (or `sweep export`): a Parquet file or a folder of them."""
     if not Path(path).exists():
         raise AnalysisError(f"no trajectories at {path}: pass trajectories=FILE.parquet or a folder of them")
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise AnalysisError(f"{path} is not readable Parquet ({err})") from None
-    return Trajectories(_check(table, str(path)), {}, str(path))
+        table = pq.read_table(path, use_threads=False)  # threads: see store.files.read_parquet
+    except (pa.ArrowException, OSError) as err:
+        raise AnalysisError(f"{path} is not readable Parquet ({str(err).splitlines()[0]})") from None
+    return Trajectories(_check(table, str(path), quantity), {}, str(path))
 
 
 @dataclass(frozen=True)
 class Ensemble:
     """One configuration's trajectories of one layer, aligned by step."""
 
+    configuration: str
     arch: str
     dataset: str
     layer: str
@@ -104,21 +139,24 @@ class Ensemble:
     trace: np.ndarray  # [R, T], NaN where a run has no snapshot at that step
 
 
-def configurations(traj: Trajectories) -> list[tuple[str, str]]:
-    pairs = zip(traj.table["arch"].to_pylist(), traj.table["dataset"].to_pylist())
-    return sorted(set(pairs))
+def configurations(traj: Trajectories) -> list[tuple[str, str, str]]:
+    """(configuration, arch, dataset) of every configuration, sorted."""
+    t = traj.table
+    return sorted(set(zip(t["configuration"].to_pylist(), t["arch"].to_pylist(), t["dataset"].to_pylist())))
 
 
-def layers_of(traj: Trajectories, arch: str, dataset: str) -> list[str]:
+def _of(traj: Trajectories, configuration: str) -> pa.Table:
+    return traj.table.filter(pc.equal(traj.table["configuration"], configuration))
+
+
+def layers_of(traj: Trajectories, configuration: str) -> list[str]:
     """Layer names of a configuration in network order (by first appearance)."""
-    rows = traj.table.filter(pc.and_(pc.equal(traj.table["arch"], arch), pc.equal(traj.table["dataset"], dataset)))
-    names = rows["layer"].to_pylist()
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(_of(traj, configuration)["layer"].to_pylist()))
 
 
-def resolve_layers(traj: Trajectories, arch: str, dataset: str, layer: str) -> list[str]:
+def resolve_layers(traj: Trajectories, configuration: str, arch: str, layer: str) -> list[str]:
     """``head`` -> the classification head, ``all`` -> every layer, else the named layer."""
-    known = layers_of(traj, arch, dataset)
+    known = layers_of(traj, configuration)
     if layer == "all":
         return known
     if layer == "head":
@@ -129,20 +167,20 @@ def resolve_layers(traj: Trajectories, arch: str, dataset: str, layer: str) -> l
             )
         layer = traj.heads[arch]
     if layer not in known:
-        raise AnalysisError(f"layer {layer!r} is not in {arch}/{dataset}; its layers are: {', '.join(known)}")
+        raise AnalysisError(f"layer {layer!r} is not in {configuration}; its layers are: {', '.join(known)}")
     return [layer]
 
 
-def ensemble(traj: Trajectories, arch: str, dataset: str, layer: str) -> tuple[Ensemble, list[str]]:
+def ensemble(traj: Trajectories, configuration: str, layer: str) -> tuple[Ensemble, list[str]]:
     """The [runs, steps] matrix of one layer, and warnings about runs with missing steps."""
-    t = traj.table
-    rows = t.filter(pc.and_(pc.and_(pc.equal(t["arch"], arch), pc.equal(t["dataset"], dataset)),
-                            pc.equal(t["layer"], layer)))
+    t = _of(traj, configuration)
+    rows = t.filter(pc.equal(t["layer"], layer))
+    arch, dataset = rows["arch"][0].as_py(), rows["dataset"][0].as_py()
     run_ids, run_index = np.unique(rows["run_id"].to_numpy(zero_copy_only=False), return_inverse=True)
     steps, step_index = np.unique(rows["step"].to_numpy(), return_inverse=True)
     cell = run_index * len(steps) + step_index
     if len(np.unique(cell)) < len(cell):
-        raise AnalysisError(f"{arch}/{dataset} layer {layer}: some run has the same step twice; "
+        raise AnalysisError(f"{configuration} layer {layer}: some run has the same step twice; "
                             "each (run_id, step, layer) must appear once")
     trace = np.full((len(run_ids), len(steps)), np.nan)
     trace[run_index, step_index] = rows["trace"].to_numpy()
@@ -153,6 +191,6 @@ def ensemble(traj: Trajectories, arch: str, dataset: str, layer: str) -> tuple[E
     warnings = []
     short = [str(r) for r, row in zip(run_ids, trace) if np.isnan(row).any()]
     if short:
-        warnings.append(f"{arch}/{dataset}: {len(short)} runs lack some of the {len(steps)} snapshot steps and "
+        warnings.append(f"{configuration}: {len(short)} runs lack some of the {len(steps)} snapshot steps and "
                         f"are aligned by step ({', '.join(short[:5])}{', ...' if len(short) > 5 else ''})")
-    return Ensemble(arch, dataset, layer, steps, epochs, [str(r) for r in run_ids], eta, trace), warnings
+    return Ensemble(configuration, arch, dataset, layer, steps, epochs, [str(r) for r in run_ids], eta, trace), warnings

@@ -18,10 +18,12 @@ import numpy as np
 
 from analysis.analyze import Results
 
-TABLE1 = ["arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean", "det_epoch_std",
+TABLE1 = ["configuration", "arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean",
+          "det_epoch_std",
           "h", "k", "arl0"]
-COHENS_D = ["arch", "dataset", "layer", "eta", "d", "ci_low", "ci_high", "n_clean", "n_noisy"]
-SENSITIVITY = ["arch", "dataset", "layer", "k", "arl0", "h", "power", "power_low", "power_high", "false_alarm_rate",
+COHENS_D = ["configuration", "arch", "dataset", "layer", "eta", "d", "ci_low", "ci_high", "n_clean", "n_noisy"]
+SENSITIVITY = ["configuration", "arch", "dataset", "layer", "k", "arl0", "h", "power", "power_low", "power_high",
+               "false_alarm_rate",
                "false_alarm_low", "false_alarm_high"]
 
 
@@ -40,9 +42,13 @@ def _epoch(row: dict) -> str:
 
 
 def table1_markdown(rows: list[dict]) -> str:
-    lines = ["| Arch | Dataset | eta | Layer | Det. epoch (mean ± std) | Alert rate | h |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['arch']} | {r['dataset']} | {r['eta']:.2f} | {r['layer']} | {_epoch(r)} | "
+    """Table 1 as Markdown; a Configuration column appears when an (arch, dataset) has several."""
+    several = len({r["configuration"] for r in rows}) > len({(r["arch"], r["dataset"]) for r in rows})
+    first = "| Configuration " if several else ""
+    lines = [f"{first}| Arch | Dataset | eta | Layer | Det. epoch (mean ± std) | Alert rate | h |",
+             "|---" * (8 if several else 7) + "|"]
+    lines += [(f"| {r['configuration']} " if several else "")
+              + f"| {r['arch']} | {r['dataset']} | {r['eta']:.2f} | {r['layer']} | {_epoch(r)} | "
               f"{r['n_alerts']}/{r['n_runs']} = {r['alert_rate']:.2f} | {r['h']:.2f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -67,7 +73,7 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     colours = {0.25: "tab:orange", 0.4: "tab:red", 0.6: "tab:purple"}
     for d in results.detections:
         e = d.ensemble
-        tag = f"{e.arch}_{e.dataset}_{e.layer}".replace("/", "-")
+        tag = f"{e.configuration}_{e.layer}".replace("/", "-")
         fig, ax = plt.subplots(figsize=(7, 3.6))
         ax.fill_between(e.epochs, d.mu0 - d.sigma0, d.mu0 + d.sigma0, color="tab:blue", alpha=0.25,
                         label="clean mu0 ± sigma0")
@@ -79,9 +85,9 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         # early-training spikes dwarf the rest on a linear axis: symmetric log above the typical level
         typical = float(np.nanmedian(np.abs(d.mu0))) if np.isfinite(d.mu0).any() else 1.0
         ax.set_yscale("symlog", linthresh=max(typical, 1e-6))
-        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{e.arch} / {e.dataset}: layer-wise trace")
+        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{e.configuration}: layer-wise trace")
         ax.legend(fontsize=7)
-        made.append((f"{e.arch} / {e.dataset}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
+        made.append((f"{e.configuration}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
 
         fig, ax = plt.subplots(figsize=(7, 3.2))
         stat = np.maximum(d.path.upper, d.path.lower)
@@ -92,16 +98,16 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
             if d.path.first_alert[i] >= 0:
                 ax.plot(e.epochs[d.path.first_alert[i]], stat[i, d.path.first_alert[i]], "kx")
         ax.axhline(d.calibration.h, color="k", ls="--", lw=0.8, label=f"h = {d.calibration.h:.2f}")
-        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{e.arch} / {e.dataset}: CUSUM (x: first alert)")
+        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{e.configuration}: CUSUM (x: first alert)")
         ax.legend(fontsize=7)
-        made.append((f"{e.arch} / {e.dataset}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
+        made.append((f"{e.configuration}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     labels, data = [], []
     for d in results.detections:
         for eta in sorted(set(d.ensemble.eta)):
             epochs = d.detection_epoch[d.ensemble.eta == eta]
-            labels.append(f"{d.ensemble.arch}/{d.ensemble.dataset}\n{eta:.2f}")
+            labels.append(f"{d.ensemble.configuration}\n{eta:.2f}")
             data.append(epochs[np.isfinite(epochs)])
     for i, values in enumerate(data):
         ax.plot(np.full(len(values), i), values, "o", alpha=0.5, ms=4)
@@ -109,8 +115,8 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     ax.set(ylabel="detection epoch", title="first alerts per configuration and eta")
     made.append(("Detection epochs", _save(fig, out / "detection_epochs.png")))
 
-    for arch, dataset in sorted({(r["arch"], r["dataset"]) for r in results.cohens_d}):
-        rows = [r for r in results.cohens_d if (r["arch"], r["dataset"]) == (arch, dataset)]
+    for configuration in sorted({r["configuration"] for r in results.cohens_d}):
+        rows = [r for r in results.cohens_d if r["configuration"] == configuration]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
         etas = sorted({r["eta"] for r in rows})
         grid = np.full((len(layers), len(etas)), np.nan)
@@ -121,9 +127,9 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_yticks(range(len(layers)), layers, fontsize=6)
         ax.set_xticks(range(len(etas)), [f"{e:.2f}" for e in etas])
-        ax.set(xlabel="eta", title=f"{arch} / {dataset}: Cohen's d")
+        ax.set(xlabel="eta", title=f"{configuration}: Cohen's d")
         fig.colorbar(image, ax=ax)
-        made.append((f"{arch} / {dataset}: Cohen's d", _save(fig, out / f"cohens_d_{arch}_{dataset}.png")))
+        made.append((f"{configuration}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
     return made
 
 
@@ -190,10 +196,29 @@ def _plain(value):
     return value
 
 
+def prepare(out: str | Path) -> Path:
+    """The output folder, made and checked writable before any work is done; raises
+    AnalysisError naming the problem (a file in the way, a folder we may not write)."""
+    import tempfile
+
+    from analysis.inputs import AnalysisError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"out={out} is a file; pass a folder for the report (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise AnalysisError(f"cannot write the report into out={out}: {err.strerror or err}; choose a writable "
+                            "folder") from None
+    return out
+
+
 def write(results: Results, out: str | Path) -> Path:
     """Write every output into ``out``; return the path of report.html."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare(out)
     _csv(out / "table1.csv", TABLE1, results.table1)
     (out / "table1.md").write_text(table1_markdown(results.table1))
     (out / "table1.tex").write_text(table1_latex(results.table1))

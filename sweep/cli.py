@@ -1,50 +1,46 @@
 """The ``sweep`` command line: one subcommand per thing a user does with a sweep.
 
-Every error a user can cause is printed as one message with its fix, no traceback.
+Every value is parsed and checked before anything runs (sweep/options.py), and every
+error a user can cause is printed as one message with its fix and exit status 2, no
+traceback. Modules load lazily: ``sweep --help`` and a usage error import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from analysis.inputs import AnalysisError
-from sweep.config import ConfigError, compose_config, run_config
-from workers.checkpoint import CheckpointError
-from workers.datasets import DatasetError
-from workers.run_config import RunConfigError, validate
-from workers.store import StoreError
+from sweep.options import UsageError, boolean, number, number_list, parse, text
 
 # name -> one-line help, shown by ``sweep --help`` and ``sweep NAME --help``
 SUBCOMMANDS = {
-    "launch": (
-        "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]"
-    ),
-    "resume": (
-        "relaunch pending, failed and interrupted runs of a store: sweep resume store=PATH [cluster.KEY=VALUE ...]"
-    ),
-    "status": (
-        "counts by state, failures and stuck runs, from the store alone: "
-        "sweep status store=PATH [watch=true] [stale_after=SECONDS]"
-    ),
-    "analyze": (
-        "CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
-        "[layer=head|all|NAME] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]"
-    ),
-    "run-one": (
-        "train one run in this process into a store: "
-        "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"
-    ),
-    "data": (
-        "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]"
-    ),
+    "launch": "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]",
+    "resume": ("relaunch pending, failed, interrupted and damaged runs: "
+               "sweep resume store=PATH [sweep=ID] [cluster.KEY=VALUE ...]"),
+    "status": ("counts by state, failures, stuck and damaged runs of one sweep, from the store alone: "
+               "sweep status store=PATH [sweep=ID|all] [watch=true] [stale_after=SECONDS]"),
+    "check": "verify every file of a store: sweep check store=PATH [repair=true]",
+    "export": ("committed snapshot rows as one long-format Parquet file: "
+               "sweep export store=PATH out=FILE.parquet [quantity=trace|all] [sweep=ID|all]"),
+    "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
+                "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]"),
+    "forget": "drop a sweep and the runs only it holds: sweep forget store=PATH sweep=ID",
+    "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
+    "run-one": ("train one run in this process into a store: "
+                "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"),
+    "data": "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]",
 }
-USER_ERRORS = (ConfigError, RunConfigError, DatasetError, StoreError, CheckpointError, AnalysisError)
+# Errors a user can cause, by the module that defines them: a module not yet imported
+# cannot have raised its error, so none of them is imported just to be caught.
+USER_ERRORS = (("sweep.config", "ConfigError"), ("workers.run_config", "RunConfigError"),
+               ("workers.datasets", "DatasetError"), ("store.files", "StoreError"),
+               ("workers.checkpoint", "CheckpointError"), ("analysis.inputs", "AnalysisError"))
 
 
-class UsageError(ValueError):
-    pass
+def _user_errors() -> tuple[type, ...]:
+    return (UsageError, *(getattr(sys.modules[m], n) for m, n in USER_ERRORS if m in sys.modules))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,108 +49,156 @@ def build_parser() -> argparse.ArgumentParser:
         description="hessian-sweep: layer-wise Hessian trace monitoring across a distributed training sweep.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text)
+    for name, help_text in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", help="key=value overrides")
     return parser
 
 
-def _pairs(words: list[str], allowed: set[str]) -> dict[str, str]:
-    values = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or key not in allowed:
-            raise UsageError(f"unexpected argument {word!r}; expected key=value with key in {sorted(allowed)}")
-        values[key] = value
-    return values
+def _store_name(value: str) -> str:
+    return text(value).strip()
 
 
-def _values(words: list[str], allowed: set[str], prefixes: tuple[str, ...] = ()) -> dict:
-    """key=value words to a dict, values read as YAML scalars (true, 3, 0.5, null)."""
-    import yaml
+def _open(uri: str):
+    from store import Store
 
-    values = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or not (key in allowed or key.startswith(prefixes)):
-            known = sorted(allowed) + [p + "KEY" for p in prefixes]
-            raise UsageError(f"unexpected argument {word!r}; expected key=value with key in {known}")
-        values[key] = yaml.safe_load(value) if value else None
-    return values
+    return Store.open(uri)
 
 
 def launch(overrides: list[str]) -> int:
-    from sweep.grid import expand
-    from sweep.launch import drive, locked
+    from store import Store
+    from sweep.grid import expand, preflight
+    from sweep.launch import drive
     from sweep.ledger import register
-    from workers.datasets import check_present
-    from workers.store import Store
+    from sweep.lock import locked
 
     sweep = expand(overrides)  # every run composed and validated before anything is touched
     if not sweep.composed.get("store"):
         raise UsageError("sweep launch needs store=PATH (a local folder or s3://bucket/prefix)")
-    cluster = sweep.composed["cluster"]
-    if cluster["check_data"]:
-        for config in {c["dataset"]["name"]: c for c in sweep.runs.values()}.values():
-            check_present(config["dataset"]["name"], config["runtime"]["data_root"])
+    preflight(sweep)  # the data, the device: what can be checked on this machine
     store = Store.open(sweep.composed["store"], create=True)
     print(f"{sweep.sweep_id}: {len(sweep.runs)} runs into {store.uri}", flush=True)
-    with locked(store) as lock:
+    with locked(store, out=sys.stdout) as lock:
         register(store, sweep, overrides)
-        return drive(store, sweep.runs, cluster, lock=lock)
+        return drive(store, sweep.runs, sweep.composed["cluster"], lock=lock)
 
 
 def resume(words: list[str]) -> int:
-    from sweep.launch import drive, locked
+    from sweep.launch import drive
     from sweep.ledger import manifest_runs
-    from workers.store import Store
+    from sweep.lock import locked
 
-    options = _values(words, {"store"}, ("cluster.",))
-    if not options.get("store"):
-        raise UsageError("sweep resume needs store=PATH, the store of a launched sweep")
-    store = Store.open(str(options.pop("store")))
-    runs, cluster = manifest_runs(store)
-    for key, value in options.items():
-        name = key.removeprefix("cluster.")
-        if name not in cluster:
-            raise UsageError(f"unknown cluster setting {key}; known: {', '.join(sorted(cluster))}")
-        cluster[name] = value
-    with locked(store) as lock:
+    cluster_words = [w for w in words if w.startswith("cluster.")]
+    options = parse("resume", [w for w in words if not w.startswith("cluster.")],
+                    {"store": _store_name, "sweep": text}, required=("store",))
+    store = _open(options["store"])
+    with locked(store, out=sys.stdout) as lock:
+        runs, cluster, notes = manifest_runs(store, options.get("sweep"))
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        for word in cluster_words:
+            key, sep, value = word.partition("=")
+            name = key.removeprefix("cluster.")
+            if not sep or name not in cluster:
+                raise UsageError(f"unknown cluster setting {key}; known: {', '.join(sorted(cluster))}")
+            cluster[name] = _cluster_value(name, value, cluster[name])
         return drive(store, runs, cluster, lock=lock)
+
+
+def _cluster_value(name: str, value: str, current):
+    """A cluster.KEY=VALUE of resume, checked against the type of the value it replaces."""
+    try:
+        if isinstance(current, bool):
+            return boolean(value)
+        if isinstance(current, int) and name != "gpus_per_run":
+            return number(at_least=0, integer=True)(value)
+        if isinstance(current, float) or name == "gpus_per_run":
+            return number(at_least=0)(value)
+        return None if value in ("", "null") else text(value)
+    except UsageError as err:
+        raise UsageError(f"cluster.{name}={value}: {err}") from None
 
 
 def status(words: list[str]) -> int:
     from sweep.status import show
-    from workers.store import Store
 
-    options = _values(words, {"store", "watch", "stale_after"})
-    if not options.get("store"):
-        raise UsageError("sweep status needs store=PATH")
+    options = parse("status", words, {"store": _store_name, "watch": boolean, "stale_after": number(above=0),
+                                      "sweep": text}, required=("store",))
     stale_after = options.get("stale_after")
     if stale_after is None:
+        from sweep.config import compose_config
+
         stale_after = compose_config([])["cluster"]["stale_after"]
-    return show(Store.open(str(options["store"])), stale_after=float(stale_after), watch=bool(options.get("watch")))
+    return show(_open(options["store"]), stale_after=float(stale_after), watch=options.get("watch", False),
+                sweep=options.get("sweep"))
+
+
+def check(words: list[str]) -> int:
+    from sweep.check import check as run_check
+
+    options = parse("check", words, {"store": _store_name, "repair": boolean}, required=("store",))
+    return run_check(_open(options["store"]), repair=options.get("repair", False))
+
+
+def export(words: list[str]) -> int:
+    from sweep.check import export as run_export
+
+    options = parse("export", words, {"store": _store_name, "out": text, "quantity": text, "sweep": text},
+                    required=("store", "out"))
+    return run_export(_open(options["store"]), options["out"], quantity=options.get("quantity", "trace"),
+                      sweep=options.get("sweep"))
+
+
+def forget(words: list[str]) -> int:
+    from sweep.check import forget as run_forget
+
+    options = parse("forget", words, {"store": _store_name, "sweep": text}, required=("store", "sweep"))
+    return run_forget(_open(options["store"]), options["sweep"])
+
+
+def store_command(words: list[str]) -> int:
+    if not words or words[0] != "migrate":
+        raise UsageError("usage: sweep store migrate store=PATH")
+    from store.migrate import migrate
+
+    options = parse("store migrate", words[1:], {"store": _store_name}, required=("store",))
+    for line in migrate(options["store"]):
+        print(line, flush=True)
+    return 0
+
+
+ANALYSIS_OPTIONS = {
+    "layer": text, "quantity": text, "k": number(above=0), "arl0": number(above=1),
+    "window": number_list(length=2, ascending=True), "bootstrap": number(at_least=100, integer=True),
+    "seed": number(at_least=0, integer=True), "sensitivity_k": number_list(above=0),
+    "sensitivity_arl0": number_list(above=1),
+}
 
 
 def analyze(words: list[str]) -> int:
+    options = parse("analyze", words, {"store": _store_name, "trajectories": text, "out": text, "sweep": text,
+                                       **ANALYSIS_OPTIONS}, required=("out",))
+    if ("store" in options) == ("trajectories" in options):
+        raise UsageError("sweep analyze needs out=DIR and one of store=PATH or trajectories=FILE")
+    if "sweep" in options and "store" not in options:
+        raise UsageError("sweep=ID selects a sweep of a store; it needs store=PATH")
     from analysis import inputs, report
     from analysis.analyze import analyze as compute
+    from sweep.config import compose_config
 
-    defaults = compose_config([])["analysis"]
-    options = _values(words, {"store", "trajectories", "out", *defaults})
-    if bool(options.get("store")) == bool(options.get("trajectories")) or not options.get("out"):
-        raise UsageError("sweep analyze needs out=DIR and one of store=PATH or trajectories=FILE")
-    settings = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
-    if options.get("store"):
-        trajectories = inputs.from_store(str(options["store"]))
+    out = report.prepare(options["out"])  # a folder we can write, checked before the work
+    settings = {**compose_config([])["analysis"], **{k: v for k, v in options.items() if k in ANALYSIS_OPTIONS}}
+    if "store" in options:
+        trajectories = inputs.from_store(options["store"], sweep=options.get("sweep"),
+                                         quantity=str(settings["quantity"]))
     else:
-        trajectories = inputs.from_parquet(str(options["trajectories"]))
+        trajectories = inputs.from_parquet(options["trajectories"], quantity=str(settings["quantity"]))
     results = compute(
         trajectories, layer=str(settings["layer"]), k=float(settings["k"]), arl0=float(settings["arl0"]),
         window=tuple(settings["window"]), ks=tuple(settings["sensitivity_k"]),
         arl0s=tuple(settings["sensitivity_arl0"]), resamples=int(settings["bootstrap"]), seed=int(settings["seed"]),
     )
-    page = report.write(results, options["out"])
+    page = report.write(results, out)
     s = results.summary
     print(report.table1_markdown(results.table1))
     for name in ("power", "false_alarm"):
@@ -170,32 +214,37 @@ def analyze(words: list[str]) -> int:
 
 
 def run_one(overrides: list[str]) -> int:
-    from workers.store import Store
-    from workers.train import RunFailed, train
+    from store import Store
+    from sweep.config import compose_config, run_config
+    from sweep.lock import locked
+    from workers.run_config import validate
 
     composed = compose_config(overrides)
     if not composed.get("store"):
         raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
     config = validate(run_config(composed))  # before the store is touched
+    from workers.train import RunFailed, train
+
     store = Store.open(composed["store"], create=True)
-    try:
-        summary = train(config, store)
-    except RunFailed as err:
-        print(f"sweep run-one: the run failed: {err}\nIts record in {store.uri} says so; fix the config "
-              "and run it again.", file=sys.stderr)
-        return 1
+    with locked(store):  # a store a live sweep is driving is refused
+        try:
+            summary = train(config, store)
+        except RunFailed as err:
+            print(f"sweep run-one: the run failed: {err}\nIts record in {store.uri} says so (`sweep status "
+                  f"store={store.uri}`); fix the config and run it again.", file=sys.stderr)
+            return 1
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def data(words: list[str]) -> int:
-    from workers import datasets
-
     if not words or words[0] not in ("download", "verify"):
         raise UsageError("usage: sweep data download|verify dataset=cifar10|cifar100 root=DIR [url=URL] [md5=HEX]")
-    action, options = words[0], _pairs(words[1:], {"dataset", "root", "url", "md5"})
-    if "dataset" not in options or "root" not in options:
-        raise UsageError(f"sweep data {action} needs dataset=cifar10|cifar100 and root=DIR")
+    action = words[0]
+    options = parse(f"data {action}", words[1:], {"dataset": text, "root": text, "url": text, "md5": text},
+                    required=("dataset", "root"))
+    from workers import datasets
+
     if action == "download":
         folder = datasets.download(options["dataset"], options["root"], url=options.get("url"),
                                    md5=options.get("md5"))
@@ -205,19 +254,34 @@ def data(words: list[str]) -> int:
     return 0
 
 
+COMMANDS = {"launch": launch, "resume": resume, "status": status, "check": check, "export": export,
+            "analyze": analyze, "forget": forget, "store": store_command, "run-one": run_one, "data": data}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or argparse's own usage message (2)
+        return int(exit_.code or 0)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        commands = {"launch": launch, "resume": resume, "status": status, "analyze": analyze, "run-one": run_one,
-                    "data": data}
-        return commands[args.command](args.overrides)
-    except (UsageError, *USER_ERRORS) as err:
-        print(f"sweep {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args.overrides)
+    except KeyboardInterrupt:
+        print(f"sweep {args.command}: interrupted; what was committed is kept (`sweep resume` continues)",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `sweep status ... | head`: the reader left; nothing went wrong here
         sys.stderr.close()
         return 0
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into messages
+        if isinstance(err, _user_errors()):
+            print(f"sweep {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        if os.environ.get("SWEEP_DEBUG"):
+            raise
+        print(f"sweep {args.command}: internal error: {type(err).__name__}: {err}\nThis is a bug in hessian-sweep; "
+              "SWEEP_DEBUG=1 shows its traceback.", file=sys.stderr)
+        return 70

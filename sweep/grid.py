@@ -93,3 +93,34 @@ def expand(overrides: list[str]) -> Sweep:
     for config in runs.values():
         config["runtime"]["sweep_id"] = sweep_id
     return Sweep(sweep_id=sweep_id, runs=runs, composed=composed)
+
+
+def preflight(sweep: Sweep) -> None:
+    """What can be checked on the launching machine before anything is written: each
+    dataset's files, and, for a local launch (no cluster address), that the device the
+    runs ask for exists here. Raises ConfigError with the fix."""
+    cluster = sweep.composed["cluster"]
+    if cluster["check_data"]:
+        from workers.datasets import DatasetError, check_present
+
+        for config in {c["dataset"]["name"]: c for c in sweep.runs.values()}.values():
+            try:
+                check_present(config["dataset"]["name"], config["runtime"]["data_root"])
+            except DatasetError as err:
+                raise ConfigError(f"{err} (cluster.check_data=false skips this check on the launching machine)") \
+                    from None
+    if not cluster["address"]:
+        devices = {c["runtime"]["device"] for c in sweep.runs.values()}
+        wanted = sorted(d for d in devices if d.startswith("cuda"))
+        if wanted:
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            for device in wanted:
+                index = int(device.partition(":")[2] or 0) if device.partition(":")[2].isdigit() else 0
+                if index >= count:
+                    raise ConfigError(
+                        f"runtime.device={device}, but this machine has {count} CUDA devices and the runs would "
+                        "start here (no cluster.address); use runtime.device=auto or cpu, or launch on a cluster "
+                        "with cluster.address=..."
+                    )

@@ -11,13 +11,12 @@ happens, and prints progress with an estimate of the time left.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
-import uuid
 
-from sweep.ledger import states
-from workers.store import Store, StoreError
+from store import Store, StoreError
+from sweep.ledger import ensure_records, repair, states
+from sweep.lock import locked
 
 
 def run_task(config: dict, store_uri: str, threads: int) -> dict:
@@ -30,9 +29,16 @@ def run_task(config: dict, store_uri: str, threads: int) -> dict:
 
 def _start_ray(cluster: dict) -> bool:
     """Join the configured cluster, or start Ray on this machine; True when we started it."""
-    import ray
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # send nothing anywhere
+    if not cluster["address"]:
+        # Ray's single-machine mode: every process it starts (GCS, raylet, workers, the
+        # dashboard and runtime-env agents) binds 127.0.0.1 instead of all interfaces or
+        # the machine's outward address. Read by ray_constants at import and inherited
+        # by Ray's child processes; tests/sweep/test_launch.py checks the sockets.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    import ray._private.ray_constants as ray_constants
+
     if ray.is_initialized():
         return False
     options = {"logging_level": "warning", "log_to_driver": False}
@@ -41,6 +47,7 @@ def _start_ray(cluster: dict) -> bool:
             options["_node_ip_address"] = cluster["node_ip_address"]
         ray.init(address=cluster["address"], **options)
         return True
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     ray.init(
         num_cpus=cluster["num_cpus"],
         include_dashboard=cluster["dashboard"],
@@ -67,7 +74,10 @@ def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | 
     import ray
 
     out = out or sys.stdout
-    todo = [rid for rid in runs if (store.read_record(rid) or {}).get("status") != "done"]
+    repair(store, list(runs), out=out)  # what is damaged is set aside, so those runs run again
+    ensure_records(store, runs)
+    done = {s.run_id for s in states(store, list(runs), stale_after=float("inf")) if s.state == "done"}
+    todo = [rid for rid in runs if rid not in done]
     if not todo:
         print(f"nothing to do: all {len(runs)} runs in {store.uri} are done", file=out)
         return 0
@@ -104,7 +114,10 @@ def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked
                 ray.get(ref)
                 done += 1
             except Exception as err:  # a run's own error or an infrastructure failure, after its retries
-                record = store.read_record(rid) or {}
+                try:
+                    record = store.read_record(rid) or {}
+                except StoreError:
+                    record = {}
                 reason = record.get("error") if record.get("status") == "failed" else None
                 failed[rid] = reason or f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
                 print(f"FAILED {rid} (attempt {record.get('attempt')}): {failed[rid]}", file=out, flush=True)
@@ -123,24 +136,3 @@ def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked
         return 1
     print(f"all {total} runs done in {_duration(time.monotonic() - begin)}; results in {store.uri}", file=out)
     return 0
-
-
-class locked:
-    """``with locked(store):`` holds the store's launch lock; the driver refreshes it."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
-
-    def __enter__(self) -> locked:
-        self.store.acquire_launch_lock(self.owner)
-        return self
-
-    def refresh(self) -> None:
-        self.store.refresh_launch_lock(self.owner)
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.store.release_launch_lock(self.owner)
-        except (OSError, StoreError):
-            pass  # a lock left behind goes stale on its own

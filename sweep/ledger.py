@@ -1,8 +1,11 @@
-"""The run ledger: which runs a store should hold and what state each is in.
+"""The run ledger: which runs a store should hold, which sweep each belongs to, and what
+state each is in.
 
 A launch records the sweep's manifest (every resolved run config) and a ``pending``
 record for each run that has none. From then on the store alone says what is left:
-``resume`` needs no other input, and ``status`` works while no Ray is running.
+``resume`` needs no other input, and ``status`` works while no Ray is running. A sweep
+is the set of runs of one manifest; ``status`` and ``analyze`` look at one sweep at a
+time (the latest by default), so sweeps with other settings in the same store never mix.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from store import Store, StoreError, now
+from store.schema import record as new_record
 from sweep.grid import Sweep
-from workers.run_config import pending_record
-from workers.store import Store, StoreError, now
 
-STATES = ("pending", "running", "stuck", "done", "failed")
+STATES = ("pending", "running", "stuck", "done", "failed", "damaged")
 
 
 def code_version() -> str:
@@ -39,31 +42,113 @@ def register(store: Store, sweep: Sweep, overrides: list[str]) -> None:
         "sweep_id": sweep.sweep_id, "created": now().isoformat(), "code_version": code_version(),
         "overrides": list(overrides), "cluster": sweep.composed["cluster"], "runs": sweep.runs,
     })
-    for rid, config in sweep.runs.items():
-        if store.read_record(rid) is None:
-            store.write_record(pending_record(config))
+    ensure_records(store, sweep.runs)
 
 
-def manifest_runs(store: Store) -> tuple[dict[str, dict], dict]:
-    """Every run of every sweep launched into ``store``, and the newest cluster settings."""
-    manifests = store.read_manifests()
-    if not manifests:
-        raise StoreError(
-            f"{store.uri} has no sweep manifest, so there is nothing to resume; "
-            f"start one with `sweep launch experiment=NAME store={store.uri}`"
-        )
-    runs: dict[str, dict] = {}
+def ensure_records(store: Store, runs: dict[str, dict]) -> None:
+    """A pending record for each run with no record and no checkpoint (a run with a
+    checkpoint records itself when it resumes)."""
+    from workers.run_config import identity
+
+    listing = store.listing()
+    for rid, config in runs.items():
+        if not {"record.parquet", "checkpoint.pt"} & set(listing.get(rid, {})):
+            store.write_record(new_record(identity(config)))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The runs of one sweep (or of all), and what could not be read on the way."""
+
+    label: str  # the sweep id, "all", or "(no manifest)" for a store written by run-one only
+    run_ids: list[str]
+    sweeps: list[str]  # every sweep id of the store, oldest first
+    notes: list[str]
+
+
+def select(store: Store, sweep: str | None = None) -> Selection:
+    """The run ids of ``sweep`` (an id, a unique prefix of one, ``all``, or None: the latest).
+
+    A damaged manifest is reported; its runs are found through their records."""
+    manifests, damaged = store.read_manifests()
+    notes = [f"{err}; its runs are found through their records (`sweep launch` of the same sweep rewrites it)"
+             for err in damaged]
+    by_id = {m["sweep_id"]: sorted(m["runs"]) for m in manifests}
+    lost = {err.path.rsplit("/", 1)[-1].removesuffix(".json") for err in damaged}
+    if lost:
+        for row in store.runs().select(["run_id", "sweep_id"]).to_pylist():
+            if row["sweep_id"] in lost:
+                by_id.setdefault(row["sweep_id"], []).append(row["run_id"])
+    order = [m["sweep_id"] for m in manifests] + sorted(lost - {m["sweep_id"] for m in manifests})
+    everything = sorted({rid for ids in by_id.values() for rid in ids} | set(store.run_ids()))
+    if sweep == "all" or (sweep is None and not by_id):
+        return Selection("all" if by_id else "(no manifest)", everything, order, notes)
+    if sweep is None:
+        sweep = manifests[-1]["sweep_id"] if manifests else order[-1]
+    matches = [s for s in order if s == sweep] or [s for s in order if s.startswith(sweep)]
+    if len(matches) != 1:
+        known = ", ".join(order) or "none"
+        raise StoreError(f"sweep={sweep} {'is ambiguous' if matches else 'is not in'} {store.uri}; its sweeps: "
+                         f"{known} (or sweep=all)")
+    return Selection(matches[0], sorted(by_id[matches[0]]), order, notes)
+
+
+def manifest_runs(store: Store, sweep: str | None = None) -> tuple[dict[str, dict], dict, list[str]]:
+    """Every run of every sweep (or of ``sweep``) with its config, the newest cluster
+    settings, and notes. Runs of a damaged manifest come from the configs in their records."""
+    import json
+
+    manifests, damaged = store.read_manifests()
+    if sweep is not None:
+        chosen = select(store, sweep).label
+        manifests = [m for m in manifests if m["sweep_id"] == chosen]
+        damaged = [d for d in damaged if d.path.endswith(f"/{chosen}.json")]
+    notes, runs = [], {}
     for manifest in manifests:
         runs.update(manifest["runs"])
-    return runs, manifests[-1]["cluster"]
+    if damaged:
+        lost = {err.path.rsplit("/", 1)[-1].removesuffix(".json") for err in damaged}
+        for row in store.runs().select(["run_id", "sweep_id", "config"]).to_pylist():
+            if row["sweep_id"] in lost:
+                runs.setdefault(row["run_id"], json.loads(row["config"]))
+        notes += [f"{err}; its runs were recovered from their records" for err in damaged]
+    if not runs:
+        raise StoreError(
+            f"{store.uri} has no readable sweep manifest, so there is nothing to resume; "
+            f"start one with `sweep launch experiment=NAME store={store.uri}`"
+        )
+    if manifests:
+        cluster = manifests[-1]["cluster"]
+    else:
+        from sweep.config import compose_config
+
+        cluster = compose_config([])["cluster"]
+        notes.append("no readable manifest holds the cluster settings; using the defaults of conf/cluster")
+    return runs, cluster, notes
+
+
+def repair(store: Store, run_ids: list[str], *, out) -> int:
+    """Set aside what is damaged in these runs so that they can run again; return how many
+    runs were repaired. Verifies every committed file's hash and the checkpoints of runs
+    not done (the driver calls this under the launch lock, before submitting)."""
+    repaired = 0
+    for health in store.inspect(run_ids, verify="hash", checkpoints="directory"):
+        if health.problems:
+            for problem in health.problems:
+                print(f"damaged: {problem}", file=out, flush=True)
+            for line in store.repair(health):
+                print(f"repaired: {line}", file=out, flush=True)
+            repaired += 1
+    return repaired
 
 
 @dataclass(frozen=True)
 class RunState:
     run_id: str
-    arch: str
-    dataset: str
-    eta: float
+    arch: str | None
+    dataset: str | None
+    eta: float | None
+    configuration: str | None
     state: str  # one of STATES
     attempt: int
     step: int
@@ -73,15 +158,20 @@ class RunState:
 
 
 def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float) -> list[RunState]:
-    """The state of each run: its record's status, with ``running`` split into running
-    and ``stuck`` (no heartbeat for ``stale_after`` seconds: an interrupted run)."""
-    table = store.runs(run_ids=run_ids)
-    found = {row["run_id"]: row for row in table.to_pylist()}
+    """The state of each run that has files: its record's status, with ``running`` split
+    into running and ``stuck`` (no heartbeat for ``stale_after`` seconds: an interrupted
+    run), and ``damaged`` when a file it needs cannot be used (the error names it)."""
     clock = datetime.now(timezone.utc)
     result = []
-    for rid in run_ids if run_ids is not None else sorted(found):
-        row = found.get(rid)
-        if row is None:
+    for health in store.inspect(run_ids):
+        row = health.record
+        if row is None and not health.problems:
+            continue  # nothing recorded yet
+        if health.damaged:
+            result.append(RunState(health.run_id, *(None if row is None else row[k] for k in
+                                                     ("arch", "dataset", "eta", "configuration")),
+                                   "damaged", (row or {}).get("attempt") or 0, (row or {}).get("step") or 0,
+                                   (row or {}).get("total_steps"), str(health.problems[0]), None))
             continue
         age = None
         state = row["status"]
@@ -89,6 +179,6 @@ def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float
             age = (clock - row["heartbeat_at"]).total_seconds() if row["heartbeat_at"] else None
             if age is None or age > stale_after:
                 state = "stuck"
-        result.append(RunState(rid, row["arch"], row["dataset"], row["eta"], state, row["attempt"], row["step"],
-                               row["total_steps"], row["error"], age))
+        result.append(RunState(health.run_id, row["arch"], row["dataset"], row["eta"], row["configuration"], state,
+                               row["attempt"], row["step"], row["total_steps"], row["error"], age))
     return result

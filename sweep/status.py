@@ -1,43 +1,56 @@
-"""``sweep status``: what a store holds, from the store alone (no Ray needed)."""
+"""``sweep status``: what a store holds, one sweep at a time, from the store alone (no Ray needed)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
 
-from sweep.ledger import STATES, RunState, states
-from workers.store import Store
+from store import Store
+from sweep.ledger import STATES, RunState, select, states
 
 
-def report(store: Store, *, stale_after: float) -> tuple[str, bool]:
-    """The status text, and whether every run has finished (done or failed)."""
-    manifests = store.read_manifests()
-    expected = sorted({rid for m in manifests for rid in m["runs"]} | set(store.run_ids()))
-    found = {s.run_id: s for s in states(store, expected, stale_after=stale_after)}
-    runs: list[RunState] = [found[rid] for rid in expected if rid in found]
-    missing = len(expected) - len(runs)  # in a manifest, no record yet: pending
-    lines = [f"{store.uri}: {len(expected)} runs in {len(manifests)} sweep(s)"]
+def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tuple[str, bool]:
+    """The status text of one sweep (default: the latest), and whether all its runs finished."""
+    chosen = select(store, sweep)
+    found = {s.run_id: s for s in states(store, chosen.run_ids, stale_after=stale_after)}
+    runs: list[RunState] = [found[rid] for rid in chosen.run_ids if rid in found]
+    missing = len(chosen.run_ids) - len(runs)  # in a manifest, no record yet: pending
+    others = [s for s in chosen.sweeps if s != chosen.label]
+    lines = [f"{store.uri}: sweep {chosen.label}, {len(chosen.run_ids)} runs"
+             + (f" (other sweeps here: {', '.join(others)}; pass sweep=ID or sweep=all)" if others else "")]
+    lines += [f"note: {note}" for note in chosen.notes]
+    by_pair = defaultdict(set)
+    for run in runs:
+        by_pair[(run.arch, run.dataset)].add(run.configuration)
+    several = any(len(c) > 1 for c in by_pair.values())  # then the configuration tells the rows apart
     groups: dict[tuple, Counter] = defaultdict(Counter)
     steps: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for run in runs:
-        key = (run.arch, run.dataset, run.eta)
+        key = (run.arch or "?", run.dataset or "?", run.configuration if several else "", run.eta)
         groups[key][run.state] += 1
         steps[key][0] += run.step or 0
         steps[key][1] += run.total_steps or 0
-    header = f"{'arch':<10} {'dataset':<9} {'eta':>5} " + " ".join(f"{s:>8}" for s in STATES) + "  steps done/total"
-    lines += [header]
-    for key in sorted(groups):
-        counts = groups[key]
-        done, total = steps[key]
-        lines.append(f"{key[0]:<10} {key[1]:<9} {key[2]:>5.2f} " + " ".join(f"{counts[s]:>8}" for s in STATES)
+    config = f"{'configuration':<32} " if several else ""
+    lines.append(f"{'arch':<10} {'dataset':<9} {config}{'eta':>5} " + " ".join(f"{s:>8}" for s in STATES)
+                 + "  steps done/total")
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2] or "", -1 if k[3] is None else k[3])):
+        counts, (done, total) = groups[key], steps[key]
+        eta = "?" if key[3] is None else f"{key[3]:.2f}"
+        label = f"{key[2] or '?':<32} " if several else ""
+        lines.append(f"{key[0]:<10} {key[1]:<9} {label}{eta:>5} " + " ".join(f"{counts[s]:>8}" for s in STATES)
                      + f"  {done}/{total or '?'}")
     totals = Counter(run.state for run in runs)
     totals["pending"] += missing
     lines.append("total: " + ", ".join(f"{totals[s]} {s}" for s in STATES))
-    failed = [run for run in runs if run.state == "failed"]
-    if failed:
-        lines.append("failed runs:")
-        lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}): {r.error}" for r in failed]
+    for state, heading in (
+        ("failed", "failed runs:"),
+        ("damaged", f"damaged runs (a file they need cannot be read; `sweep resume store={store.uri}` sets it "
+                    "aside and runs them again, `sweep check` lists every file):"),
+    ):
+        chosen_runs = [run for run in runs if run.state == state]
+        if chosen_runs:
+            lines.append(heading)
+            lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}): {r.error}" for r in chosen_runs]
     stuck = [run for run in runs if run.state == "stuck"]
     if stuck:
         lines.append(f"stuck runs (running, no heartbeat for over {stale_after:.0f} s: their driver or worker died; "
@@ -48,10 +61,10 @@ def report(store: Store, *, stale_after: float) -> tuple[str, bool]:
     return "\n".join(lines), finished
 
 
-def show(store: Store, *, stale_after: float, watch: bool, every: float = 2.0) -> int:
+def show(store: Store, *, stale_after: float, watch: bool, sweep: str | None = None, every: float = 2.0) -> int:
     """Print the status once, or refresh it until every run has finished (Ctrl-C stops)."""
     while True:
-        text, finished = report(store, stale_after=stale_after)
+        text, finished = report(store, stale_after=stale_after, sweep=sweep)
         if watch:
             print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + text, flush=True)
         else:

@@ -4,7 +4,7 @@ A checkpoint holds the model, the optimizer, the step, every random state the ru
 uses, the list of committed data files, and the canonical JSON of the run's
 content; it is read with ``torch.load(weights_only=True)``, which unpickles no
 arbitrary objects, and refused when its content differs from the run's.
-The store writes it atomically (``Store.write_checkpoint``).
+The store writes it atomically (``store.RunWriter.commit``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ def to_bytes(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def from_bytes(data: bytes, *, content_json: str, where: str) -> dict:
+def from_bytes(data: bytes, *, content_json: str, where: str, store: str = "STORE") -> dict:
     """Load a checkpoint written by ``to_bytes`` and check it belongs to this run."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         raise CheckpointError(
-            f"the checkpoint {where} cannot be read ({str(err).splitlines()[0]}); delete it to restart the run "
-            "from step 0"
+            f"the checkpoint {where} cannot be read ({str(err).splitlines()[0]}); `sweep resume store={store}` "
+            f"(or `sweep check store={store} repair=true`) sets it aside and restarts the run from step 0"
         ) from None
     if not isinstance(state, dict) or state.get("content") != content_json:
         raise CheckpointError(

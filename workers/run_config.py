@@ -17,7 +17,7 @@ import math
 
 from workers.curvature.hvp import MECHANISMS
 from workers.curvature.probes import DISTRIBUTIONS
-from workers.datasets import DATASETS
+from workers.datasets import DATASETS, TRAIN_SIZES
 from workers.models import ARCHITECTURES, HEAD
 
 
@@ -119,6 +119,13 @@ def validate(config: dict) -> dict:
             f"dataset {name} needs a data folder: pass runtime.data_root=DIR "
             f"(fill it with `sweep data download dataset={name} root=DIR`)"
         )
+    size = TRAIN_SIZES[config["dataset"]["name"]]
+    for key in ("train", "monitor"):
+        if config[key]["batch_size"] > size:
+            raise RunConfigError(
+                f"{key}.batch_size={config[key]['batch_size']} exceeds the {size} training images of "
+                f"{config['dataset']['name']}; use at most {size}"
+            )
     return copy.deepcopy(config)
 
 
@@ -150,13 +157,27 @@ def role(config: dict) -> str:
     return "clean" if config["eta"] == 0 else "noisy"
 
 
-def pending_record(config: dict) -> dict:
-    """The store record of a run that has not started: its identity, status ``pending``."""
+def configuration(config: dict) -> str:
+    """What a run shares with the runs it is compared with: a hash of its content minus
+    eta, seed and noise_seed. The analysis calibrates and tabulates per configuration, so
+    runs that differ in anything else (the learning rate, the epochs) are never pooled.
+
+    >>> a = {"arch": {"name": "vgg11"}, "train": {"lr": 0.1}, "eta": 0.0, "seed": 0, "noise_seed": None}
+    >>> configuration(a) == configuration({**a, "eta": 0.4, "seed": 7, "runtime": {"device": "cpu"}})
+    True
+    >>> configuration(a) == configuration({**a, "train": {"lr": 0.05}})
+    False
+    """
+    shared = {key: value for key, value in content(config).items() if key not in ("eta", "seed", "noise_seed")}
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    return f"{config['arch']['name']}-{config['dataset']['name']}-{digest}"
+
+
+def identity(config: dict) -> dict:
+    """Who the run is, as its store record says (``store.schema.IDENTITY``)."""
     return {
-        "run_id": run_id(config), "sweep_id": config["runtime"]["sweep_id"], "arch": config["arch"]["name"],
-        "dataset": config["dataset"]["name"], "eta": float(config["eta"]), "seed": config["seed"],
-        "role": role(config), "head_layer": HEAD[config["arch"]["name"]],
-        "config": json.dumps(config, sort_keys=True), "status": "pending", "attempt": 0, "host": None,
-        "device": None, "started_at": None, "ended_at": None, "heartbeat_at": None, "error": None, "step": 0,
-        "total_steps": None, "committed": [], "final_metrics": {},
+        "run_id": run_id(config), "sweep_id": config["runtime"]["sweep_id"], "configuration": configuration(config),
+        "arch": config["arch"]["name"], "dataset": config["dataset"]["name"], "eta": float(config["eta"]),
+        "seed": config["seed"], "role": role(config), "head_layer": HEAD[config["arch"]["name"]],
+        "config": json.dumps(config, sort_keys=True),
     }

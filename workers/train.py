@@ -9,7 +9,7 @@ restores the model's state, so monitoring never moves the training trajectory.
 
 Checkpoints (every ``train.checkpoint_every`` epochs and at the end) hold the
 model, optimizer, step and all random states; the data rows gathered since the
-last one are written as chunks first and committed with it (see workers.store).
+last one are committed with it by the store's run writer (store/writer.py).
 A run started again continues from its last checkpoint and reproduces, bit for bit
 on the same device, what an uninterrupted run would have written.
 """
@@ -25,16 +25,14 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from store import RunWriter, Store
 from workers import checkpoint
 from workers.curvature import layerwise_trace
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
 from workers.models import build_model
-from workers.run_config import content_json, pending_record, run_id, validate
+from workers.run_config import content_json, identity, validate
 from workers.seeds import derive_seed, generator
-from workers.store import Store, now
-
-HEARTBEAT_SECONDS = 30.0  # besides every commit
 
 
 class RunFailed(RuntimeError):
@@ -49,43 +47,49 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def per_layer_rows(base: dict, layers: list[str], numel: list[int], quantity: str,
+                   values: torch.Tensor) -> list[dict]:
+    """Snapshot rows of one per-layer quantity from its per-probe values [K, L]: the mean,
+    its standard error over probes, and the K values themselves."""
+    k = values.shape[0]
+    mean = values.mean(0).masked_fill(~values.isfinite().all(0), math.nan).tolist()
+    stderr = (values.std(0, correction=1) / math.sqrt(k)).tolist() if k > 1 else [math.nan] * len(layers)
+    columns = values.T.tolist()
+    return [{**base, "layer": name, "layer_index": i, "numel": numel[i], "quantity": quantity, "value": mean[i],
+             "stderr": stderr[i], "probe_values": columns[i]} for i, name in enumerate(layers)]
+
+
 def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | None = None) -> dict:
     """Train one run into ``store``; return its summary. ``on_step(step)`` is called
     after every optimisation step (the tests inject crashes with it)."""
-    config = validate(run_config)
-    rid = run_id(config)
-    record = store.read_record(rid)
-    if record is not None and record["status"] == "done":
-        return _summary(record)  # launching twice does nothing new
+    config = validate(run_config)  # a config that cannot run is refused before anything is written
+    writer = RunWriter(store, identity(config))
+    if (finished := writer.finished()) is not None:
+        return _summary(finished)  # launching twice does nothing new
+    with writer:  # from here on, any failure (set-up included) is recorded with its reason
+        saved = writer.begin(host=socket.gethostname())
+        return _run(config, writer, saved, on_step)
 
+
+def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
     arch, ds, tr, mon, rt = (config[k] for k in ("arch", "dataset", "train", "monitor", "runtime"))
-    seed = config["seed"]
-    saved = store.read_checkpoint(rid)
+    seed, rid = config["seed"], writer.run_id
     state = None
     if saved is not None:
-        state = checkpoint.from_bytes(saved, content_json=content_json(config), where=f"of run {rid} in {store.uri}")
+        state = checkpoint.from_bytes(saved, content_json=content_json(config),
+                                      where=writer.store.checkpoint_path(rid), store=writer.store.uri)
     device = resolve_device(rt["device"])
     if rt["threads"]:
         torch.set_num_threads(rt["threads"])
     images = load_dataset(ds["name"], rt["data_root"])
     noise_seed = seed if config["noise_seed"] is None else config["noise_seed"]
-    data = place(
-        images,
-        eta=config["eta"],
-        noise_generator=generator("label-noise", ds["name"], config["eta"], noise_seed),
-        device=device,
-    )
-
+    data = place(images, eta=config["eta"], device=device,
+                 noise_generator=generator("label-noise", ds["name"], config["eta"], noise_seed))
     batch_size = tr["batch_size"]
     steps_per_epoch = data.num_train // batch_size  # the last incomplete batch is dropped
     if steps_per_epoch == 0:
         raise RunFailed(f"train.batch_size={batch_size} exceeds the {data.num_train} training images")
     total_steps = tr["epochs"] * steps_per_epoch
-    attempt = (record["attempt"] if record else 0) + 1
-    record = {
-        **pending_record(config), "status": "running", "attempt": attempt, "host": socket.gethostname(),
-        "device": str(device), "started_at": now(), "heartbeat_at": now(), "total_steps": total_steps,
-    }
 
     with torch.random.fork_rng(devices=[]):  # initialisation from its own seed, global RNG untouched
         torch.manual_seed(derive_seed("init", seed))
@@ -98,7 +102,7 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
                                 weight_decay=tr["weight_decay"])
     order_rng = generator("data-order", seed, device=device)
     augment_rng = generator("augment", seed, device=device)
-    step, seconds = 0, {"run": 0.0, "monitor": 0.0}
+    step, seconds, committed = 0, {"run": 0.0, "monitor": 0.0}, []
     last_epoch_metrics: dict[str, float] = {}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -107,8 +111,8 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
         augment_rng.set_state(state["rng"]["augment"])
         checkpoint.restore_global_rng_state(state["rng"]["global"])
         step, seconds, last_epoch_metrics = state["step"], state["seconds"], state["last_epoch_metrics"]
-        record["step"], record["committed"] = step, list(state["committed"])
-    store.write_record(record)
+        committed = state["committed"]
+    writer.start(total_steps=total_steps, device=str(device), step=step, committed=committed)
 
     def lr_at(s: int) -> float:
         if tr["schedule"] == "constant":
@@ -133,7 +137,7 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
         return loss.item() / n, correct.item() / n  # CPU-GPU sync point, once per evaluation
 
     def snapshot(at: int) -> list[dict]:
-        """Per-layer trace rows at step ``at``, on its own batch and probes."""
+        """Per-layer rows at step ``at``, on its own batch and probes: one set per quantity."""
         batch_rng = generator("snapshot-batch", seed, at, device=device)
         index = torch.randperm(data.num_train, generator=batch_rng, device=device)[: mon["batch_size"]]
         result = layerwise_trace(
@@ -144,105 +148,82 @@ def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | No
         )
         if result.nonfinite:
             raise RunFailed(f"non-finite Hessian-vector product at step {at} in layers {result.nonfinite}")
-        base = {"run_id": rid, "arch": arch["name"], "dataset": ds["name"], "eta": float(config["eta"]),
-                "seed": seed, "step": at, "epoch": at / steps_per_epoch}
-        traces, errors = result.trace.tolist(), result.stderr.tolist()
-        return [
-            {**base, "layer": name, "layer_index": i, "numel": result.numel[i], "trace": traces[i],
-             "stderr": errors[i], "probe_values": result.probe_values[:, i].tolist()}
-            for i, name in enumerate(result.layers)
-        ]
+        base = {"run_id": rid, "step": at, "epoch": at / steps_per_epoch}
+        rows = per_layer_rows(base, result.layers, result.numel, "trace", result.probe_values)
+        rows += per_layer_rows(base, result.layers, result.numel, "row_energy", result.row_energy_values)
+        if result.block_frobenius_values is not None:
+            rows += per_layer_rows(base, result.layers, result.numel, "block_frobenius_sq",
+                                   result.block_frobenius_values)
+        return rows
 
     def metric_rows(at: int, scope: str, values: dict[str, float]) -> list[dict]:
         return [{"run_id": rid, "step": at, "epoch": at / steps_per_epoch, "scope": scope, "name": k,
                  "value": float(v)} for k, v in values.items()]
 
-    def commit(snapshot_rows: list[dict], metrics: list[dict], chunk: int) -> None:
-        """Write the chunks, then the checkpoint that lists them, then the record: the commit."""
-        for kind, rows in (("snapshots", snapshot_rows), ("metrics", metrics)):
-            if rows:
-                record["committed"].append(store.write_chunk(rid, kind, rows, attempt=attempt, chunk=chunk))
-        store.write_checkpoint(rid, checkpoint.to_bytes({
+    def checkpoint_bytes(committed: list[dict]) -> bytes:
+        return checkpoint.to_bytes({
             "content": content_json(config), "step": step, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "committed": list(record["committed"]), "seconds": seconds,
+            "optimizer": optimizer.state_dict(), "committed": committed, "seconds": seconds,
             "last_epoch_metrics": last_epoch_metrics, "scheduler": {"kind": tr["schedule"], "step": step},
             "rng": {"data_order": order_rng.get_state(), "augment": augment_rng.get_state(),
                     "global": checkpoint.global_rng_state()},
-        }))
-        record.update(step=step, heartbeat_at=now())
-        store.write_record(record)
+        })
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and tr["bf16"]) else nullcontext()
-    snapshot_rows: list[dict] = []
-    metrics: list[dict] = []
-    chunk, beat = 0, time.monotonic()
-    try:
-        model.train()
-        while step < total_steps:
-            epoch_start = time.perf_counter()
-            epoch_loss = torch.zeros((), device=device)
-            epoch_correct = torch.zeros((), device=device)
-            order = torch.randperm(data.num_train, generator=order_rng, device=device)
-            for i in range(steps_per_epoch):
-                index = order[i * batch_size : (i + 1) * batch_size]
-                x = inputs(random_crop_flip(data.train_images[index], augment_rng,
-                                            padding=ds["crop_padding"], flip=ds["flip"]))
-                y = data.train_labels[index]
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
-                with autocast:
-                    out = model(x)
-                    loss = F.cross_entropy(out.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                monitored = mon["enabled"] and (step + 1) % mon["every"] == 0
-                if monitored:  # logged with the snapshot: the gradient of this update
-                    grad_norm = torch.linalg.vector_norm(
-                        torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])
-                    )
-                optimizer.step()
-                step += 1
-                epoch_loss += loss.detach()
-                epoch_correct += (out.argmax(1) == y).sum()
-                if monitored:
-                    batch_loss = loss.item()  # CPU-GPU sync point, once per snapshot
-                    if not math.isfinite(batch_loss):
-                        raise RunFailed(f"non-finite training loss {batch_loss} at step {step}")
-                    started = _synced_time(cuda)
-                    snapshot_rows += snapshot(step)
-                    seconds["monitor"] += _synced_time(cuda) - started
-                    metrics += metric_rows(step, "snapshot", {"lr": lr_at(step - 1), "batch_loss": batch_loss,
-                                                              "grad_norm": grad_norm.item()})
-                if on_step is not None:
-                    on_step(step)
-                if time.monotonic() - beat > HEARTBEAT_SECONDS:  # `sweep status` spots stuck runs by this
-                    record["heartbeat_at"], beat = now(), time.monotonic()
-                    store.write_record(record)
-            epoch = step // steps_per_epoch
-            train_loss = epoch_loss.item() / steps_per_epoch  # CPU-GPU sync point, once per epoch
-            if not math.isfinite(train_loss):
-                raise RunFailed(f"non-finite training loss in epoch {epoch} (mean {train_loss})")
-            if epoch % tr["eval_every"] == 0 or step == total_steps:
-                last_epoch_metrics = _epoch_metrics(
-                    evaluate, data, train_loss, epoch_correct.item() / (steps_per_epoch * batch_size)
+    model.train()
+    while step < total_steps:
+        epoch_start = time.perf_counter()
+        epoch_loss = torch.zeros((), device=device)
+        epoch_correct = torch.zeros((), device=device)
+        order = torch.randperm(data.num_train, generator=order_rng, device=device)
+        for i in range(steps_per_epoch):
+            index = order[i * batch_size : (i + 1) * batch_size]
+            x = inputs(random_crop_flip(data.train_images[index], augment_rng,
+                                        padding=ds["crop_padding"], flip=ds["flip"]))
+            y = data.train_labels[index]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            with autocast:
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            monitored = mon["enabled"] and (step + 1) % mon["every"] == 0
+            if monitored:  # logged with the snapshot: the gradient of this update
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])
                 )
-                metrics += metric_rows(step, "epoch", last_epoch_metrics)
-            seconds["run"] += time.perf_counter() - epoch_start
-            if epoch % tr["checkpoint_every"] == 0 or step == total_steps:
-                commit(snapshot_rows, metrics, chunk)
-                snapshot_rows, metrics, chunk = [], [], chunk + 1
-    except Exception as err:
-        record.update(status="failed", ended_at=now(), error=f"{type(err).__name__}: {err}")
-        store.write_record(record)  # keeps the committed list: what was committed stays readable
-        raise
+            optimizer.step()
+            step += 1
+            epoch_loss += loss.detach()
+            epoch_correct += (out.argmax(1) == y).sum()
+            if monitored:
+                batch_loss = loss.item()  # CPU-GPU sync point, once per snapshot
+                if not math.isfinite(batch_loss):
+                    raise RunFailed(f"non-finite training loss {batch_loss} at step {step}")
+                started = _synced_time(cuda)
+                writer.log("snapshots", snapshot(step))
+                seconds["monitor"] += _synced_time(cuda) - started
+                writer.log("metrics", metric_rows(step, "snapshot", {
+                    "lr": lr_at(step - 1), "batch_loss": batch_loss, "grad_norm": grad_norm.item()}))
+            if on_step is not None:
+                on_step(step)
+            writer.heartbeat()
+        epoch = step // steps_per_epoch
+        train_loss = epoch_loss.item() / steps_per_epoch  # CPU-GPU sync point, once per epoch
+        if not math.isfinite(train_loss):
+            raise RunFailed(f"non-finite training loss in epoch {epoch} (mean {train_loss})")
+        if epoch % tr["eval_every"] == 0 or step == total_steps:
+            last_epoch_metrics = _epoch_metrics(
+                evaluate, data, train_loss, epoch_correct.item() / (steps_per_epoch * batch_size)
+            )
+            writer.log("metrics", metric_rows(step, "epoch", last_epoch_metrics))
+        seconds["run"] += time.perf_counter() - epoch_start
+        if epoch % tr["checkpoint_every"] == 0 or step == total_steps:
+            writer.commit(step, checkpoint=checkpoint_bytes)
 
-    record.update(
-        status="done", ended_at=now(), heartbeat_at=now(),
-        final_metrics={**last_epoch_metrics, "run_seconds": seconds["run"],
-                       "monitor_seconds": seconds["monitor"], "steps": float(step)},
-    )
-    store.write_record(record)  # written after all the data: the completion marker
-    return _summary(record)
+    return _summary(writer.done({**last_epoch_metrics, "run_seconds": seconds["run"],
+                                 "monitor_seconds": seconds["monitor"], "steps": float(step)}))
 
 
 def _epoch_metrics(evaluate, data, train_loss: float, train_acc: float) -> dict[str, float]:

@@ -11,7 +11,7 @@ import pytest
 from analysis import report
 from sweep.grid import expand
 from tests.analysis.synthetic import trajectories
-from workers.store import Store
+from store import Store
 from workers.train import train
 
 OUTPUTS = ["table1.csv", "table1.md", "table1.tex", "cohens_d.csv", "sensitivity.csv", "summary.json", "report.html",

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from sweep.config import compose_config
-from workers.store import Store
+from store import Store
 
 
 def main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sweep.config import compose_config, run_config
 from workers.data import normalise, random_crop_flip
 from workers.models import build_model
-from workers.store import Store
+from store import Store
 from workers.train import train
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

@@ -43,7 +43,7 @@ def sweep(*args, cwd=None):
 
 def test_run_one_trains_into_a_store_and_a_second_call_does_nothing_new(tmp_path):
     from tests.conftest import TINY
-    from workers.store import Store
+    from store import Store
 
     args = ["run-one", f"store={tmp_path / 's'}", "arch=vgg11", "eta=0.25", "seed=2", *TINY, "train.epochs=1"]
     out = sweep(*args)
@@ -96,7 +96,7 @@ def test_data_download_and_verify_from_a_local_server(tmp_path, http_root):
 
 
 def test_resume_and_status_refuse_what_they_cannot_use(tmp_path):
-    from workers.store import Store
+    from store import Store
 
     Store.open(str(tmp_path / "s"), create=True)
     out = sweep("resume", f"store={tmp_path / 's'}")

@@ -15,7 +15,7 @@ import torch
 from sweep.grid import expand
 from sweep.launch import drive
 from sweep.status import report
-from workers.store import Store
+from store import Store
 from workers.train import train
 
 pytestmark = pytest.mark.slow

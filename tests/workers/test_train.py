@@ -5,7 +5,7 @@ import torch
 from tests.workers import cifar_archives
 from workers import checkpoint, datasets
 from workers.run_config import RunConfigError, content_json, run_id
-from workers.store import Store
+from store import Store
 from workers.train import RunFailed, train
 
 
@@ -21,8 +21,8 @@ def assert_same_weights(a, b):
 
 
 def rows(table):
-    second = "layer" if "layer" in table.schema.names else "name"
-    return table.sort_by([("step", "ascending"), (second, "ascending")]).to_pylist()
+    keys = ["quantity", "layer"] if "layer" in table.schema.names else ["name"]
+    return table.sort_by([("step", "ascending"), *((k, "ascending") for k in keys)]).to_pylist()
 
 
 class Crash(Exception):
@@ -46,12 +46,13 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     weights = [final_weights(store, c) for c in configs]
     assert_same_weights(weights[0], weights[1])
     assert_same_weights(weights[0], weights[2])
-    snaps = store.snapshots(run_ids=[run_id(configs[0])])
+    snaps = store.snapshots(run_ids=[run_id(configs[0])], quantity="trace")
+    assert set(store.snapshots(run_ids=[run_id(configs[0])])["quantity"].to_pylist()) == {"trace", "row_energy"}
     layers = len(set(snaps["layer"].to_pylist()))
     assert snaps.num_rows == (33 // 5) * layers  # steps 5, 10, ..., 30
     assert sorted(set(snaps["step"].to_pylist())) == [5, 10, 15, 20, 25, 30]
     assert store.snapshots(run_ids=[run_id(configs[2])]).num_rows == 0
-    k3 = store.snapshots(run_ids=[run_id(configs[1])])
+    k3 = store.snapshots(run_ids=[run_id(configs[1])], quantity="trace")
     assert {len(v) for v in k3["probe_values"].to_pylist()} == {3}
     # the first 3 probes of K=10 are the K=3 probes: same generator, same order
     ten = rows(snaps)
@@ -86,7 +87,9 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, t
     with pytest.raises(OSError, match="injected"):
         train(config, store)
     store.write_checkpoint = real
-    assert store.read_record(run_id(config))["step"] == 22  # epoch 2 committed, epoch 3's chunk orphaned
+    failed = store.read_record(run_id(config))
+    assert (failed["status"], failed["step"]) == ("failed", 22)  # epoch 2 committed, epoch 3's chunk orphaned
+    assert "OSError: disk full (injected)" in failed["error"]
 
     summary = train(config, store)
     assert (summary["status"], summary["attempt"], summary["step"]) == ("done", 3, 33)
@@ -134,17 +137,38 @@ def test_non_finite_loss_fails_the_run_and_says_why(tmp_path, tiny_config):
     assert store.snapshots().num_rows == 0  # readable, nothing half-written
 
 
-def test_a_checkpoint_of_another_config_is_refused_and_nothing_is_touched(tmp_path, tiny_config):
+def test_a_checkpoint_of_another_config_or_unreadable_fails_the_run_with_its_reason(tmp_path, tiny_config):
     store = Store.open(str(tmp_path / "s"), create=True)
     a, b = tiny_config("train.epochs=1"), tiny_config("train.epochs=1", "seed=1")
     train(a, store)
     store.write_checkpoint(run_id(b), store.read_checkpoint(run_id(a)))
     with pytest.raises(checkpoint.CheckpointError, match="different run config; refusing"):
         train(b, store)
-    assert store.read_record(run_id(b)) is None and store.read_record(run_id(a))["status"] == "done"
+    failed = store.read_record(run_id(b))
+    assert failed["status"] == "failed" and "different run config" in failed["error"]
+    assert store.read_record(run_id(a))["status"] == "done"
     store.write_checkpoint(run_id(b), b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoint.pt cannot be read.*sweep resume"):
         train(b, store)
+    assert store.read_record(run_id(b))["attempt"] == 2
+
+
+@pytest.mark.parametrize("override, reason", [
+    (("runtime", "device", "cuda"), "RunFailed: runtime.device=cuda but this machine has no CUDA device"),
+    (("dataset", "name", "cifar10"), "DatasetError: cifar10: expected"),
+])
+def test_a_set_up_failure_reaches_the_store_as_failed(tmp_path, tiny_config, override, reason):
+    if torch.cuda.is_available() and override[2] == "cuda":
+        pytest.skip("this machine has a CUDA device")
+    config = tiny_config()
+    section, key, value = override
+    config[section][key] = value
+    config["runtime"]["data_root"] = str(tmp_path / "no-data")
+    store = Store.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(Exception):
+        train(config, store)
+    record = store.read_record(run_id(config))
+    assert record["status"] == "failed" and record["error"].startswith(reason), record["error"]
 
 
 @pytest.mark.parametrize(
@@ -157,6 +181,7 @@ def test_a_checkpoint_of_another_config_is_refused_and_nothing_is_touched(tmp_pa
         (("train", "lr", "fast"), "train.lr='fast' is not allowed: it must be a positive number"),
         (("train", "epoch", 3), "unknown key train.epoch; known keys of train: epochs"),
         (("dataset", "name", "cifar10"), "dataset cifar10 needs a data folder: pass runtime.data_root"),
+        (("train", "batch_size", 100000), "train.batch_size=100000 exceeds the 1438 training images of digits"),
     ],
 )
 def test_bad_configs_are_refused_before_anything_is_written(tmp_path, tiny_config, override, message):
@@ -177,7 +202,7 @@ def test_a_run_on_cifar_format_data(tmp_path, tiny_config):
     store = Store.open(str(tmp_path / "s"), create=True)
     summary = train(config, store)
     assert summary["step"] == 160 // 32
-    snaps = store.snapshots(layer="linear")
+    snaps = store.snapshots(layer="linear", quantity="trace")
     assert snaps["step"].to_pylist() == [2, 4] and snaps["numel"].to_pylist() == [32 * 10 + 10] * 2
 
 

@@ -1,0 +1,206 @@
+"""Whole files on a local disk or an object store, through ``pyarrow.fs``: the store's only I/O.
+
+Every write is atomic for readers: on a local disk the bytes go to a hidden temporary
+name in the same folder, renamed into place (rename(2)); on S3 a single PUT, visible
+only when complete. Every read of a table checks what it got and names the file when it
+cannot be used (``DamagedFile``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened, read or written; the message says what to do."""
+
+
+class DamagedFile(StoreError):
+    """A file of the store that exists but cannot be used; names it and what to do."""
+
+    def __init__(self, path: str, problem: str, fix: str = "", *, raw: str | None = None):
+        self.path, self.problem = path, problem
+        self.raw = raw or path  # the path as the store's file system spells it
+        super().__init__(f"{path} is damaged: {problem}" + (f". {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file found by a listing: its path (as the file system spells it) and size."""
+
+    path: str
+    size: int
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Files:
+    """The files under one root (a local folder or an ``s3://`` URI)."""
+
+    def __init__(self, uri: str):
+        try:
+            if "://" in uri:
+                self.fs, root = pafs.FileSystem.from_uri(uri)
+            else:
+                self.fs, root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        except (pa.ArrowInvalid, OSError) as err:
+            raise StoreError(f"cannot open the store {uri!r}: {err}") from None
+        self.uri = uri
+        self.root = root.rstrip("/")
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def relative(self, path: str) -> str:
+        return path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
+
+    def shown(self, path: str) -> str:
+        """A path as a user finds it: the file on disk, or the URI's bucket/key."""
+        return path if self.local else f"{self.uri.split('?')[0].rstrip('/')}/{self.relative(path)}"
+
+    # -- writing --------------------------------------------------------------------
+    def write(self, path: str, data: bytes) -> None:
+        """Write ``data`` so that ``path`` shows either its old content or all of the new."""
+        parent = path.rsplit("/", 1)[0]
+        try:
+            self.fs.create_dir(parent, recursive=True)
+            if not self.local:
+                with self.fs.open_output_stream(path) as out:
+                    out.write(data)
+                return
+            temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+            try:
+                with self.fs.open_output_stream(temp) as out:
+                    out.write(data)
+                self.fs.move(temp, path)  # rename(2): atomic on POSIX file systems
+            finally:
+                if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
+                    self.fs.delete_file(temp)
+        except OSError as err:
+            raise self._write_error(path, err) from None
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` with ``data`` unless it exists; True when created.
+
+        On a local disk the whole file is written under a temporary name and linked into
+        place with link(2), which fails when the name exists: never a half-written file.
+        An object store has no such primitive: the caller writes, waits and reads back.
+        """
+        if not self.local:
+            self.write(path, data)
+            return True
+        parent = path.rsplit("/", 1)[0]
+        temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        try:
+            os.makedirs(parent, exist_ok=True)
+            with open(temp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as err:
+            raise self._write_error(path, err) from None
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+
+    def move(self, source: str, target: str) -> None:
+        try:
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            if self.local:
+                self.fs.move(source, target)
+            else:  # an object store moves by copy and delete
+                self.fs.copy_file(source, target)
+                self.fs.delete_file(source)
+        except OSError as err:
+            raise self._write_error(target, err) from None
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise self._write_error(path, err) from None
+
+    def delete_tree(self, folder: str) -> None:
+        try:
+            if self.fs.get_file_info(folder).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(folder)
+        except OSError as err:
+            raise self._write_error(folder, err) from None
+
+    def _write_error(self, path: str, err: OSError) -> StoreError:
+        if err.errno == errno.ENOSPC or "No space left" in str(err):
+            why = "the disk is full; free some space and run the command again (nothing committed was lost)"
+        elif isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EROFS, errno.EPERM) \
+                or "Permission denied" in str(err) or "Read-only" in str(err):
+            why = "permission denied; use a store you can write to (store=PATH)"
+        else:
+            why = f"{err}; check that the store is reachable and writable"
+        return StoreError(f"cannot write {self.shown(path)}: {why}")
+
+    # -- reading ----------------------------------------------------------------------
+    def read(self, path: str) -> bytes | None:
+        """The whole file, or None when there is none."""
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            raise StoreError(f"cannot read {self.shown(path)}: {err}") from None
+
+    def open_input_file(self, path: str):
+        """A seekable handle (for zip archives: their directory is at the end)."""
+        return self.fs.open_input_file(path)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list(self, folder: str, *, recursive: bool = False) -> list[Entry]:
+        """Files under ``folder`` (none when it does not exist); hidden temporaries left out."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=recursive, allow_not_found=True))
+        except OSError as err:
+            raise StoreError(f"cannot list {self.shown(folder)}: {err}") from None
+        return [Entry(i.path, i.size) for i in infos
+                if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def read_parquet(data: bytes, schema: pa.Schema, *, shown: str) -> pa.Table:
+    """Parse one Parquet file already in memory and check its columns against ``schema``.
+
+    ``use_threads=False``: these files are small, and a threaded read here leaves pyarrow
+    26's CPU pool busy at interpreter exit often enough to abort the process (exit 134,
+    "terminate called without an active exception"; apache/arrow#34314, #50482).
+    """
+    try:
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+    except (pa.ArrowException, OSError) as err:
+        raise DamagedFile(shown, f"not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    if not table.schema.remove_metadata().equals(schema.remove_metadata()):
+        raise DamagedFile(shown, f"its columns {table.schema.names} are not the expected {schema.names}")
+    return table

@@ -1,0 +1,104 @@
+"""The store's tables, their version, and the statuses a run can have.
+
+Schema version 2 (this one) differs from version 1 in three ways: snapshot rows carry
+a ``quantity`` column and a generic ``value`` (``trace`` today, ``row_energy`` and
+``block_frobenius_sq`` beside it), so a new per-layer quantity is new rows, not new
+columns; snapshot chunks no longer repeat the run's identity (arch, dataset, eta,
+seed), which the reader joins from the run's record; and a record lists each committed
+file with its size and SHA-256, so a truncated or overwritten file is found without
+trusting its content. ``sweep store migrate`` rewrites a version-1 store in place.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 2
+STATUSES = ("pending", "running", "done", "failed")
+TIME = pa.timestamp("ms", tz="UTC")
+_META = {b"schema_version": str(SCHEMA_VERSION).encode()}
+
+# A committed data file of a run: its name relative to the run's folder, and what it
+# must be to count as intact.
+COMMITTED_FILE = pa.struct([("name", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string())])
+
+# Who a run is: set when it is registered, the same in every record it ever has.
+IDENTITY = [
+    ("run_id", pa.string()),
+    ("sweep_id", pa.string()),  # the sweep that first registered it (a run may belong to several)
+    ("configuration", pa.string()),  # hash of the run config minus eta, seed, noise_seed, runtime
+    ("arch", pa.string()),
+    ("dataset", pa.string()),
+    ("eta", pa.float64()),
+    ("seed", pa.int64()),
+    ("role", pa.string()),  # clean (eta = 0, the calibration ensemble) or noisy
+    ("head_layer", pa.string()),  # the classification head's group name, for the analysis
+    ("config", pa.string()),  # the full resolved run config as JSON
+]
+RUNS_SCHEMA = pa.schema(
+    [
+        *IDENTITY,
+        ("status", pa.string()),  # one of STATUSES
+        ("attempt", pa.int32()),
+        ("host", pa.string()),
+        ("device", pa.string()),
+        ("started_at", TIME),
+        ("ended_at", TIME),
+        ("heartbeat_at", TIME),
+        ("error", pa.string()),
+        ("step", pa.int64()),  # steps whose data are committed
+        ("total_steps", pa.int64()),
+        ("committed", pa.list_(COMMITTED_FILE)),  # the run's data files, in commit order
+        ("final_metrics", pa.map_(pa.string(), pa.float64())),
+    ],
+    metadata=_META,
+)
+SNAPSHOTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),  # fractional: step / steps per epoch
+        ("layer", pa.string()),
+        ("layer_index", pa.int32()),
+        ("numel", pa.int64()),
+        ("quantity", pa.string()),  # trace, row_energy, block_frobenius_sq, ...
+        ("value", pa.float64()),  # the mean of probe_values
+        ("stderr", pa.float64()),
+        ("probe_values", pa.list_(pa.float64())),  # the K per-probe estimates
+    ],
+    metadata=_META,
+)
+METRICS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),
+        ("scope", pa.string()),  # "snapshot" (logged with each snapshot) or "epoch"
+        ("name", pa.string()),
+        ("value", pa.float64()),
+    ],
+    metadata=_META,
+)
+KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA}
+
+# What the reader adds to every snapshot or metric row: the run's identity, from its record.
+JOINED = ["sweep_id", "configuration", "arch", "dataset", "eta", "seed"]
+
+# The long format of `sweep export`, also what `sweep analyze trajectories=` reads.
+EXPORT_COLUMNS = ["run_id", "sweep_id", "configuration", "arch", "dataset", "eta", "seed", "step", "epoch", "layer",
+                  "layer_index", "numel", "quantity", "value", "stderr"]
+
+
+def record(identity: dict, **fields) -> dict:
+    """A full record: ``identity`` (the IDENTITY columns), status ``pending`` and no data,
+    with ``fields`` replacing any of the rest."""
+    missing = [name for name, _ in IDENTITY if name not in identity]
+    if missing:
+        raise ValueError(f"a run's identity lacks {missing}")
+    empty = {"status": "pending", "attempt": 0, "host": None, "device": None, "started_at": None, "ended_at": None,
+             "heartbeat_at": None, "error": None, "step": 0, "total_steps": None, "committed": [],
+             "final_metrics": {}}
+    unknown = set(fields) - set(empty)
+    if unknown:
+        raise ValueError(f"unknown record fields {sorted(unknown)}")
+    return {**{name: identity[name] for name, _ in IDENTITY}, **empty, **fields}
