@@ -54,8 +54,10 @@ class Files:
                 self.fs, root = pafs.FileSystem.from_uri(uri)
             else:
                 self.fs, root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-        except (pa.ArrowInvalid, OSError) as err:
+        except (pa.ArrowException, OSError, ValueError) as err:
             raise StoreError(f"cannot open the store {uri!r}: {err}") from None
+        if not root.strip("/"):
+            raise StoreError(f"store={uri} names no folder or bucket; use a folder or s3://bucket/prefix")
         self.uri = uri
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -88,7 +90,7 @@ class Files:
             finally:
                 if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
                     self.fs.delete_file(temp)
-        except OSError as err:
+        except (OSError, pa.ArrowException) as err:
             raise self._write_error(path, err) from None
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
@@ -144,10 +146,10 @@ class Files:
         except OSError as err:
             raise self._write_error(folder, err) from None
 
-    def _write_error(self, path: str, err: OSError) -> StoreError:
-        if err.errno == errno.ENOSPC or "No space left" in str(err):
+    def _write_error(self, path: str, err: Exception) -> StoreError:
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
             why = "the disk is full; free some space and run the command again (nothing committed was lost)"
-        elif isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EROFS, errno.EPERM) \
+        elif isinstance(err, PermissionError) or getattr(err, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM) \
                 or "Permission denied" in str(err) or "Read-only" in str(err):
             why = "permission denied; use a store you can write to (store=PATH)"
         else:
@@ -162,8 +164,8 @@ class Files:
                 return f.read()
         except FileNotFoundError:
             return None
-        except OSError as err:
-            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+        except (OSError, pa.ArrowException) as err:
+            if isinstance(err, OSError) and not self.exists(path):
                 return None
             raise StoreError(f"cannot read {self.shown(path)}: {err}") from None
 
@@ -172,13 +174,16 @@ class Files:
         return self.fs.open_input_file(path)
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        try:
+            return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"cannot reach {self.shown(path)}: {err}") from None
 
     def list(self, folder: str, *, recursive: bool = False) -> list[Entry]:
         """Files under ``folder`` (none when it does not exist); hidden temporaries left out."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=recursive, allow_not_found=True))
-        except OSError as err:
+        except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot list {self.shown(folder)}: {err}") from None
         return [Entry(i.path, i.size) for i in infos
                 if i.type == pafs.FileType.File and not i.base_name.startswith(".")]

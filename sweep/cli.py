@@ -125,10 +125,12 @@ def status(words: list[str]) -> int:
     options = parse("status", words, {"store": _store_name, "watch": boolean, "stale_after": number(above=0),
                                       "sweep": text}, required=("store",))
     stale_after = options.get("stale_after")
-    if stale_after is None:
-        from sweep.config import compose_config
+    if stale_after is None:  # the default of conf/cluster, read without composing (status stays quick)
+        import yaml
 
-        stale_after = compose_config([])["cluster"]["stale_after"]
+        from sweep.config import CONF_DIR
+
+        stale_after = yaml.safe_load((CONF_DIR / "cluster" / "local.yaml").read_text())["stale_after"]
     return show(_open(options["store"]), stale_after=float(stale_after), watch=options.get("watch", False),
                 sweep=options.get("sweep"))
 
@@ -223,7 +225,10 @@ def run_one(overrides: list[str]) -> int:
     if not composed.get("store"):
         raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
     config = validate(run_config(composed))  # before the store is touched
+    from workers.datasets import check_present
     from workers.train import RunFailed, train
+
+    check_present(config["dataset"]["name"], config["runtime"]["data_root"])
 
     store = Store.open(composed["store"], create=True)
     with locked(store):  # a store a live sweep is driving is refused

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 RUN_KEYS = ("arch", "dataset", "train", "monitor", "eta", "seed", "noise_seed", "runtime")
 
@@ -23,6 +18,11 @@ class ConfigError(ValueError):
 
 def compose_config(overrides: list[str]) -> dict:
     """The root config with ``overrides`` applied, resolved to plain Python values."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from store import Store, StoreError, now
 from store.schema import record as new_record
-from sweep.grid import Sweep
+
+if TYPE_CHECKING:
+    from sweep.grid import Sweep
 
 STATES = ("pending", "running", "stuck", "done", "failed", "damaged")
 

@@ -19,6 +19,23 @@ def tiny_config():
 
 
 @pytest.fixture
+def sweep_cli(capsys):
+    """The `sweep` command run in this process (no interpreter start-up per call): a
+    function of the words after `sweep`, returning (returncode, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from sweep.cli import main
+
+    def run(*words):
+        capsys.readouterr()
+        code = main([str(w) for w in words])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
+@pytest.fixture
 def http_root(tmp_path):
     """A real HTTP server on 127.0.0.1 serving a folder; yields (folder, base URL)."""
     served = tmp_path / "served"

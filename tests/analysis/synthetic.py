@@ -20,7 +20,8 @@ def trajectories(*, configs=(("resnet18", "cifar10"),), clean=20, noisy=10, etas
                 if eta > 0:
                     values[shift_at:, -1] += shift
                 parts.append(pa.table({  # rows by snapshot, then layer
-                    "run_id": [f"{arch}-{dataset}-{eta}-{s}"] * n, "arch": [arch] * n, "dataset": [dataset] * n,
+                    "run_id": [f"{arch}-{dataset}-{eta}-{s}"] * n, "configuration": [f"{arch}-{dataset}"] * n,
+                    "arch": [arch] * n, "dataset": [dataset] * n,
                     "eta": np.full(n, float(eta)), "seed": np.full(n, s, dtype=np.int64),
                     "step": np.repeat(grid, len(layers)), "epoch": np.repeat(grid / 100 / steps_per_epoch, len(layers)),
                     "layer": np.tile(np.asarray(layers, dtype=object), steps), "trace": values.ravel(),

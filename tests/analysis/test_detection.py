@@ -13,7 +13,7 @@ def load(table, heads=None):
 
 
 def test_a_clean_runs_own_trajectory_never_enters_its_baseline():
-    e, _ = ensemble(load(trajectories(noisy=0, etas=())), "resnet18", "cifar10", "head")
+    e, _ = ensemble(load(trajectories(noisy=0, etas=())), "resnet18-cifar10", "head")
     z, _, _ = standardise(e)
     planted = e.trace.copy()
     planted[0, 40] += 1000.0  # an outlier in clean run 0
@@ -28,7 +28,7 @@ def test_a_clean_runs_own_trajectory_never_enters_its_baseline():
 
 
 def test_planted_shifts_are_detected_right_after_they_start():
-    e, _ = ensemble(load(trajectories(shift=8.0, shift_at=60)), "resnet18", "cifar10", "head")
+    e, _ = ensemble(load(trajectories(shift=8.0, shift_at=60)), "resnet18-cifar10", "head")
     d = detect(e, k=0.5, arl0=1000)
     noisy = e.eta > 0
     first = d.path.first_alert[noisy]
@@ -64,7 +64,7 @@ def test_too_few_clean_runs_skip_a_configuration_with_the_reason():
 
 
 @pytest.mark.parametrize("layer, message", [
-    ("nope", "layer 'nope' is not in resnet18/cifar10; its layers are: features, head"),
+    ("nope", "layer 'nope' is not in resnet18-cifar10; its layers are: features, head"),
 ])
 def test_a_layer_that_does_not_exist(layer, message):
     with pytest.raises(AnalysisError, match=message):

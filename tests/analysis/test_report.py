@@ -1,25 +1,24 @@
 import csv
 import json
 import re
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from analysis import report
+from store import Store
 from sweep.grid import expand
 from tests.analysis.synthetic import trajectories
-from store import Store
 from workers.train import train
 
 OUTPUTS = ["table1.csv", "table1.md", "table1.tex", "cohens_d.csv", "sensitivity.csv", "summary.json", "report.html",
            "detection_epochs.png"]
 
 
-def analyze_cli(*args):
-    return subprocess.run([sys.executable, "-m", "sweep", "analyze", *args], capture_output=True, text=True)
+@pytest.fixture
+def analyze_cli(sweep_cli):
+    return lambda *args: sweep_cli("analyze", *args)
 
 
 def header(path):
@@ -44,7 +43,7 @@ def check_outputs(out, layer):
     return summary
 
 
-def test_external_trajectories_file(tmp_path):
+def test_external_trajectories_file(tmp_path, analyze_cli):
     path = tmp_path / "traj.parquet"
     pq.write_table(trajectories(layers=("features", "fc"), shift=3.0, shift_at=40), path)
     out = tmp_path / "out"
@@ -63,7 +62,7 @@ def test_external_trajectories_file(tmp_path):
     assert len(list(csv.DictReader(open(out / "sensitivity.csv")))) == 9
 
 
-def test_a_smoke_store(tmp_path):
+def test_a_smoke_store(tmp_path, analyze_cli, sweep_cli):
     store = Store.open(str(tmp_path / "s"), create=True)
     for config in expand(["experiment=smoke", "train.epochs=3"]).runs.values():
         train(config, store)
@@ -71,11 +70,14 @@ def test_a_smoke_store(tmp_path):
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
     check_outputs(out, "classifier")  # the head of VGG-11, from the store's metadata
-    assert (out / "trajectories_vgg11_digits_classifier.png").exists()
+    (figure,) = out.glob("trajectories_vgg11-digits-*_classifier.png")  # named by its configuration
     assert "no snapshots in the epoch window [10, 20]" in done.stdout  # 3 epochs: said, not fatal
-    # the same trajectories exported to a Parquet file give the same Table 1 through trajectories=
-    exported = tmp_path / "head.parquet"
-    pq.write_table(store.snapshots(layer="classifier"), exported)
+    # the same trajectories exported by `sweep export` give the same Table 1 through trajectories=
+    exported = tmp_path / "trace.parquet"
+    assert sweep_cli("export", f"store={tmp_path / 's'}", f"out={exported}").returncode == 0
+    rows = pq.read_table(exported)
+    assert rows.num_rows == store.snapshots(quantity="trace").num_rows
+    assert set(rows["quantity"].to_pylist()) == {"trace"}
     again = analyze_cli(f"trajectories={exported}", f"out={tmp_path / 'out2'}", "layer=classifier", "bootstrap=200")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out2" / "table1.csv").read_text() == (out / "table1.csv").read_text()
@@ -84,10 +86,10 @@ def test_a_smoke_store(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("missing", "lacks the columns \\['trace'\\]"),
     ("nan", "traces are NaN or infinite \\(for example resnet18-cifar10-0.0-0 step 100"),
-    ("empty_store", "holds no runs yet"),
+    ("empty_store", "holds no runs"),
     ("no_store", "there is no store at"),
 ])
-def test_bad_input_is_one_message(tmp_path, case, message):
+def test_bad_input_is_one_message(tmp_path, case, message, analyze_cli):
     table = trajectories(noisy=2, clean=3)
     if case == "missing":
         pq.write_table(table.drop(["trace"]), tmp_path / "t.parquet")
@@ -95,7 +97,8 @@ def test_bad_input_is_one_message(tmp_path, case, message):
     elif case == "nan":
         traces = table["trace"].to_pylist()
         traces[0] = float("nan")
-        pq.write_table(table.set_column(8, "trace", pa.array(traces)), tmp_path / "t.parquet")
+        pq.write_table(table.set_column(table.column_names.index("trace"), "trace", pa.array(traces)),
+                       tmp_path / "t.parquet")
         args = [f"trajectories={tmp_path / 't.parquet'}"]
     elif case == "empty_store":
         Store.open(str(tmp_path / "s"), create=True)

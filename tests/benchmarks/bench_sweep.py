@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-from sweep.config import compose_config
 from store import Store
+from sweep.config import compose_config
 
 
 def main(argv: list[str]) -> int:

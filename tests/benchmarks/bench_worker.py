@@ -23,10 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from store import Store
 from sweep.config import compose_config, run_config
 from workers.data import normalise, random_crop_flip
 from workers.models import build_model
-from store import Store
 from workers.train import train
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+from store import Store
 from sweep.grid import expand
 from sweep.launch import drive
 from sweep.status import report
-from store import Store
 from workers.train import train
 
 pytestmark = pytest.mark.slow

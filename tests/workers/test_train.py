@@ -2,10 +2,10 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
+from store import Store
 from tests.workers import cifar_archives
 from workers import checkpoint, datasets
 from workers.run_config import RunConfigError, content_json, run_id
-from store import Store
 from workers.train import RunFailed, train
 
 
