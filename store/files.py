@@ -147,10 +147,11 @@ class Files:
             raise self._write_error(folder, err) from None
 
     def _write_error(self, path: str, err: Exception) -> StoreError:
-        if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+        code = getattr(err, "errno", None)
+        if code == errno.ENOSPC or "No space left" in str(err):
             why = "the disk is full; free some space and run the command again (nothing committed was lost)"
-        elif isinstance(err, PermissionError) or getattr(err, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM) \
-                or "Permission denied" in str(err) or "Read-only" in str(err):
+        elif code in (errno.EACCES, errno.EROFS, errno.EPERM) or "Permission denied" in str(err) \
+                or "Read-only" in str(err):
             why = "permission denied; use a store you can write to (store=PATH)"
         else:
             why = f"{err}; check that the store is reachable and writable"

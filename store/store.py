@@ -152,9 +152,9 @@ class Store:
                 checkpoints: str = "none") -> list[RunHealth]:
         """Check each run's files. ``verify``: ``size`` compares every committed file's size
         with its record (one listing for the whole store), ``hash`` also reads it and
-        compares its SHA-256. ``checkpoints``: ``none``, ``directory`` (the zip directory
-        of checkpoints of runs not done opens: catches truncation and garbage) or ``crc``
-        (every member of every checkpoint checked)."""
+        compares its SHA-256. ``checkpoints``: ``none``, ``directory`` (each checkpoint's zip
+        directory opens: catches truncation and garbage, reading only its end) or ``crc``
+        (every member of every checkpoint read and checked)."""
         listing = self.listing()
         result = []
         for rid in (sorted(listing) if run_ids is None else run_ids):
@@ -168,8 +168,7 @@ class Store:
                     problems.append(err)
             if record is not None:
                 problems += self._check_committed(rid, record["committed"], files, verify=verify)
-                wanted = checkpoints == "crc" or (checkpoints == "directory" and record["status"] != "done")
-                if wanted and layout.CHECKPOINT in files:
+                if checkpoints != "none" and layout.CHECKPOINT in files:
                     problem = self.check_checkpoint(rid, full=checkpoints == "crc")
                     problems += [problem] if problem else []
             elif checkpoints != "none" and layout.CHECKPOINT in files:

@@ -79,6 +79,12 @@ def launch(overrides: list[str]) -> int:
     store = Store.open(sweep.composed["store"], create=True)
     print(f"{sweep.sweep_id}: {len(sweep.runs)} runs into {store.uri}", flush=True)
     with locked(store, out=sys.stdout) as lock:
+        for damaged in store.read_manifests()[1]:
+            if damaged.raw.endswith(f"/{sweep.sweep_id}.json"):
+                store.set_aside([damaged.raw], str(damaged))
+                print(f"damaged: {damaged}; set aside, this launch writes it again", flush=True)
+            else:
+                print(f"note: {damaged}; `sweep resume` rewrites it from its runs", flush=True)
         register(store, sweep, overrides)
         return drive(store, sweep.runs, sweep.composed["cluster"], lock=lock)
 

@@ -77,11 +77,15 @@ def select(store: Store, sweep: str | None = None) -> Selection:
     notes = [f"{err}; its runs are found through their records (`sweep launch` of the same sweep rewrites it)"
              for err in damaged]
     by_id = {m["sweep_id"]: sorted(m["runs"]) for m in manifests}
-    lost = {err.path.rsplit("/", 1)[-1].removesuffix(".json") for err in damaged}
+    lost = {err.raw.rsplit("/", 1)[-1].removesuffix(".json") for err in damaged}
     if lost:
-        for row in store.runs().select(["run_id", "sweep_id"]).to_pylist():
-            if row["sweep_id"] in lost:
-                by_id.setdefault(row["sweep_id"], []).append(row["run_id"])
+        listed = {rid for ids in by_id.values() for rid in ids}
+        for health in store.inspect():
+            if health.record is not None and health.record["sweep_id"] in lost:
+                by_id.setdefault(health.record["sweep_id"], []).append(health.run_id)
+            elif health.record is None and health.run_id not in listed:  # its record cannot say: all of them
+                for sweep_id in lost:
+                    by_id.setdefault(sweep_id, []).append(health.run_id)
     order = [m["sweep_id"] for m in manifests] + sorted(lost - {m["sweep_id"] for m in manifests})
     everything = sorted({rid for ids in by_id.values() for rid in ids} | set(store.run_ids()))
     if sweep == "all" or (sweep is None and not by_id):
@@ -98,42 +102,71 @@ def select(store: Store, sweep: str | None = None) -> Selection:
 
 def manifest_runs(store: Store, sweep: str | None = None) -> tuple[dict[str, dict], dict, list[str]]:
     """Every run of every sweep (or of ``sweep``) with its config, the newest cluster
-    settings, and notes. Runs of a damaged manifest come from the configs in their records."""
+    settings, and notes. The caller holds the launch lock: a damaged manifest is set
+    aside and rewritten from its runs' records (and, for a run whose record is damaged
+    too, from the content its checkpoint holds)."""
     import json
 
     manifests, damaged = store.read_manifests()
     if sweep is not None:
         chosen = select(store, sweep).label
         manifests = [m for m in manifests if m["sweep_id"] == chosen]
-        damaged = [d for d in damaged if d.path.endswith(f"/{chosen}.json")]
+        damaged = [d for d in damaged if d.raw.endswith(f"/{chosen}.json")]
     notes, runs = [], {}
     for manifest in manifests:
         runs.update(manifest["runs"])
-    if damaged:
-        lost = {err.path.rsplit("/", 1)[-1].removesuffix(".json") for err in damaged}
-        for row in store.runs().select(["run_id", "sweep_id", "config"]).to_pylist():
-            if row["sweep_id"] in lost:
-                runs.setdefault(row["run_id"], json.loads(row["config"]))
-        notes += [f"{err}; its runs were recovered from their records" for err in damaged]
+    cluster = manifests[-1]["cluster"] if manifests else None
+    if cluster is None:
+        from sweep.config import compose_config
+
+        cluster = compose_config([])["cluster"]
+        notes.append("no readable manifest holds the cluster settings; using the defaults of conf/cluster")
+    for err in damaged:
+        sweep_id = err.raw.rsplit("/", 1)[-1].removesuffix(".json")
+        found = {h.run_id: json.loads(h.record["config"]) for h in store.inspect()
+                 if h.record is not None and h.record["sweep_id"] == sweep_id}
+        found.update(_from_checkpoints(store, set(store.run_ids()) - set(found) - set(runs), found))
+        store.set_aside([err.raw], str(err))
+        store.write_manifest({"sweep_id": sweep_id, "created": now().isoformat(), "code_version": code_version(),
+                              "overrides": ["(rewritten from the runs' records after damage)"], "cluster": cluster,
+                              "runs": found})
+        runs.update(found)
+        notes.append(f"{err}; set aside and rewritten with the {len(found)} runs its records and checkpoints name")
     if not runs:
         raise StoreError(
             f"{store.uri} has no readable sweep manifest, so there is nothing to resume; "
             f"start one with `sweep launch experiment=NAME store={store.uri}`"
         )
-    if manifests:
-        cluster = manifests[-1]["cluster"]
-    else:
-        from sweep.config import compose_config
-
-        cluster = compose_config([])["cluster"]
-        notes.append("no readable manifest holds the cluster settings; using the defaults of conf/cluster")
     return runs, cluster, notes
+
+
+def _from_checkpoints(store: Store, run_ids: set[str], siblings: dict[str, dict]) -> dict[str, dict]:
+    """Configs of runs whose record is unreadable, from their checkpoint's content and a
+    sibling's runtime section; kept only when the content hashes to the run's own id."""
+    if not run_ids or not siblings:
+        return {}
+    import json
+
+    from workers.checkpoint import content_of
+    from workers.run_config import run_id
+
+    runtime = next(iter(siblings.values()))["runtime"]
+    found = {}
+    for rid in sorted(run_ids):
+        data = store.read_checkpoint(rid)
+        content = content_of(data) if data is not None else None
+        if content is None:
+            continue
+        config = {**json.loads(content), "runtime": dict(runtime)}
+        if run_id(config) == rid:
+            found[rid] = config
+    return found
 
 
 def repair(store: Store, run_ids: list[str], *, out) -> int:
     """Set aside what is damaged in these runs so that they can run again; return how many
-    runs were repaired. Verifies every committed file's hash and the checkpoints of runs
-    not done (the driver calls this under the launch lock, before submitting)."""
+    runs were repaired. Verifies every committed file's hash and each checkpoint's zip
+    directory (the driver calls this under the launch lock, before submitting)."""
     repaired = 0
     for health in store.inspect(run_ids, verify="hash", checkpoints="directory"):
         if health.problems:

@@ -44,6 +44,16 @@ def from_bytes(data: bytes, *, content_json: str, where: str, store: str = "STOR
     return state
 
 
+def content_of(data: bytes) -> str | None:
+    """The canonical content JSON a checkpoint was written for; None when unreadable."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        return None
+    content = state.get("content") if isinstance(state, dict) else None
+    return content if isinstance(content, str) else None
+
+
 def global_rng_state() -> dict:
     """torch (CPU and CUDA), numpy and Python global random states, as tensors and lists.
 

@@ -1,6 +1,7 @@
 """The sweep on real Ray: a local Ray started by the driver, and Ray's own
 ``ray.cluster_utils.Cluster`` (a head and two worker nodes on 127.0.0.1)."""
 
+import csv
 import os
 import re
 import signal
@@ -58,7 +59,8 @@ def reference_snapshots(tmp_path, runs):
 
 
 def by_run(store):
-    table = store.snapshots().sort_by([("run_id", "ascending"), ("step", "ascending"), ("layer", "ascending")])
+    table = store.snapshots().sort_by([("run_id", "ascending"), ("step", "ascending"), ("quantity", "ascending"),
+                                       ("layer", "ascending")])
     rows = {}
     for row in table.to_pylist():
         rows.setdefault(row["run_id"], []).append(row)
@@ -76,14 +78,15 @@ def test_launch_status_and_a_second_launch_that_runs_nothing(tmp_path):
     assert "all 4 runs done" in first.stdout and "4/4 done, 0 running, 0 failed" in first.stdout
     status = sweep_cli("status", f"store={store_path}")
     assert status.returncode == 0
-    assert "total: 0 pending, 0 running, 0 stuck, 4 done, 0 failed" in status.stdout
-    assert "vgg11      digits     0.60        0        0        0        1        0  22/22" in status.stdout
+    assert "total: 0 pending, 0 running, 0 stuck, 4 done, 0 failed, 0 damaged" in status.stdout
+    assert "vgg11      digits     0.60        0        0        0        1        0        0  22/22" in status.stdout
     store = Store.open(store_path)
     before = attempts(store)
     again = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
     assert again.returncode == 0 and "nothing to do: all 4 runs" in again.stdout
     assert attempts(store) == before == {rid: ("done", 1) for rid in before}
-    (manifest,) = store.read_manifests()
+    (manifest,), damaged = store.read_manifests()
+    assert damaged == []
     assert set(manifest["runs"]) == set(before) and manifest["code_version"]
 
 
@@ -101,8 +104,8 @@ def test_a_failing_run_is_recorded_while_the_others_finish_and_retries_stop_at_t
     states = attempts(store)
     assert states.pop(bad) == ("failed", 3)  # the first attempt and max_retries = 2 more
     assert set(states.values()) == {("done", 1)}
-    text, finished = report(store, stale_after=600)
-    assert finished and "total: 0 pending, 0 running, 0 stuck, 4 done, 1 failed" in text
+    text, finished = report(store, stale_after=600, sweep="all")
+    assert finished and "total: 0 pending, 0 running, 0 stuck, 4 done, 1 failed, 0 damaged" in text
     assert re.search(rf"{bad} \(attempt 3, step \d+\): RunFailed: non-finite", text)
 
 
@@ -172,3 +175,80 @@ def test_a_worker_node_removed_mid_sweep_its_runs_finish_elsewhere(tmp_path, mon
         cluster.shutdown()
     assert max(attempt for _, attempt in attempts(store).values()) >= 2  # a run was retried
     assert by_run(store) == reference_snapshots(tmp_path, sweep.runs)
+
+
+def listening_sockets(pids):
+    """(address, port) of every listening TCP socket of these processes, from /proc."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, width, 8))  # host order
+            if width == 32 and raw[:12] == bytes(10) + b"\xff\xff":
+                raw = raw[12:]  # an IPv4 address in IPv6 form, [::ffff:a.b.c.d]
+            ip = ".".join(map(str, raw)) if len(raw) == 4 else raw.hex()
+            found.append((ip, int(port, 16)))
+    return found
+
+
+def test_a_local_ray_listens_on_loopback_only(monkeypatch):
+    import ray
+
+    from sweep.launch import _start_ray
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    cluster = {"address": None, "node_ip_address": None, "num_cpus": 1, "dashboard": False}
+    assert _start_ray(cluster)
+    try:
+        ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+        children = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+        tree, parents = {os.getpid()}, [tuple(map(int, line.split())) for line in children.splitlines()]
+        for _ in range(5):
+            tree |= {pid for pid, ppid in parents if ppid in tree}
+        sockets = listening_sockets(tree)
+    finally:
+        ray.shutdown()
+    assert len(sockets) >= 5  # GCS, raylet, agents, worker: they were found
+    outside = [(ip, port) for ip, port in sockets if not ip.startswith("127.")]
+    assert outside == [], outside
+
+
+def test_two_sweeps_with_other_settings_stay_apart(tmp_path, sweep_cli):
+    store_path = tmp_path / "s"
+    base = ["experiment=smoke", f"store={store_path}", "train.epochs=3"]
+    assert sweep_cli("launch", *base).returncode == 0
+    second = sweep_cli("launch", *base, "train.lr=0.05")
+    assert second.returncode == 0, second.stdout + second.stderr
+    store = Store.open(str(store_path))
+    (first_id, second_id) = [m["sweep_id"] for m in store.read_manifests()[0]]
+    configurations = set(store.runs()["configuration"].to_pylist())
+    assert len(configurations) == 2 and store.runs().num_rows == 8
+
+    latest = sweep_cli("status", f"store={store_path}")
+    assert f"sweep {second_id}, 4 runs (other sweeps here: {first_id}" in latest.stdout
+    both = sweep_cli("analyze", f"store={store_path}", "sweep=all", f"out={tmp_path / 'all'}", "bootstrap=100")
+    assert both.returncode == 0, both.stderr
+    rows = list(csv.DictReader(open(tmp_path / "all" / "table1.csv")))
+    assert {r["configuration"] for r in rows} == configurations  # two calibrations, never one pooled
+    assert len({(r["configuration"], r["h"]) for r in rows}) == 2
+    one = sweep_cli("analyze", f"store={store_path}", f"sweep={first_id}", f"out={tmp_path / 'one'}",
+                    "bootstrap=100")
+    assert one.returncode == 0, one.stderr
+    assert {r["configuration"] for r in csv.DictReader(open(tmp_path / "one" / "table1.csv"))} < configurations
+
+    gone = sweep_cli("forget", f"store={store_path}", f"sweep={second_id}")
+    assert gone.returncode == 0 and "4 runs deleted" in gone.stdout
+    assert Store.open(str(store_path)).runs().num_rows == 4
+    assert "nothing to do: all 4 runs" in sweep_cli("resume", f"store={store_path}").stdout
