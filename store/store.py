@@ -21,7 +21,8 @@ import pyarrow.dataset as pads
 
 from store import layout
 from store.files import DamagedFile, Files, StoreError, parquet_bytes, read_parquet, sha256
-from store.schema import JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
+from store.schema import IDENTITY, JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
+from store.schema import record as new_record
 
 
 def now() -> datetime:
@@ -254,11 +255,8 @@ class Store:
         paths = [self._run(health.run_id, name) for name in health.files]
         moved = self.set_aside(paths, reason)
         if record is not None:
-            from store.schema import IDENTITY
-            from store.schema import record as fresh
-
-            self.write_record(fresh({name: record[name] for name, _ in IDENTITY}, attempt=record["attempt"],
-                                    error=f"restarted from step 0: {reason.splitlines()[0]}"))
+            self.write_record(new_record({name: record[name] for name, _ in IDENTITY}, attempt=record["attempt"],
+                                         error=f"restarted from step 0: {reason.splitlines()[0]}"))
         return [f"{health.run_id}: set aside {len(moved)} files under {layout.DAMAGED}/; it restarts from step 0"]
 
     def forget_run(self, run_id: str) -> None:
@@ -342,17 +340,13 @@ class Store:
     # -- the reader API (analysis, status, export) ----------------------------------------
     def runs(self, *, run_ids: list[str] | None = None, arch: str | None = None, dataset: str | None = None,
              eta: float | None = None, status: str | None = None, sweep_id: str | None = None) -> pa.Table:
-        """One row per run with a readable record (damaged ones: ``damaged_runs``)."""
-        return self._runs(run_ids, arch=arch, dataset=dataset, eta=eta, status=status, sweep_id=sweep_id)[0]
-
-    def _runs(self, run_ids, **filters) -> tuple[pa.Table, list[RunHealth]]:
-        health = self.inspect(run_ids)
-        rows = [h.record for h in health if h.usable]
-        table = pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
+        """One row per run whose record and data can be used (the others: ``damaged_runs``)."""
+        table = pa.Table.from_pylist([h.record for h in self.inspect(run_ids) if h.usable], schema=RUNS_SCHEMA)
+        filters = {"arch": arch, "dataset": dataset, "eta": eta, "status": status, "sweep_id": sweep_id}
         for column, value in filters.items():
             if value is not None:
                 table = table.filter(pc.equal(table[column], value))
-        return table, [h for h in health if h.problems and not h.usable]
+        return table
 
     def damaged_runs(self, run_ids: list[str] | None = None) -> list[RunHealth]:
         """Runs whose record or committed data cannot be used, with what is wrong."""

@@ -202,3 +202,15 @@ def test_status_exits_0_fifty_times_in_a_row(tmp_path):
     codes = [subprocess.run([sys.executable, "-m", "sweep", "status", f"store={tmp_path / 's'}"],
                             capture_output=True, text=True).returncode for _ in range(50)]
     assert codes == [0] * 50
+
+
+@pytest.mark.parametrize("words, message", [
+    (["train.batch_size=100000"], "train.batch_size=100000 exceeds the 1438 training images of digits"),
+    (["runtime.device=cuda:7"], "runtime.device=cuda:7, but this machine has .* CUDA devices"),
+    (["grid.dataset=[cifar10]", "runtime.data_root=NODATA"], "cifar-10-batches-py/data_batch_1, which does not exist"),
+])
+def test_a_launch_that_cannot_run_is_refused_before_anything_is_written(tmp_path, sweep_cli, words, message):
+    words = [w.replace("NODATA", str(tmp_path / "nodata")) for w in words]
+    out = sweep_cli("launch", "experiment=smoke", f"store={tmp_path / 's'}", *words)
+    assert out.returncode == 2 and re.search(message, out.stderr), out.stderr
+    assert not (tmp_path / "s").exists()
