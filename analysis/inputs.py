@@ -79,7 +79,7 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
     """The done runs of one sweep of a store (default: the latest); runs not done or
     damaged are left out and named in the notes."""
     from store import Store, StoreError
-    from sweep.ledger import select
+    from store.sweeps import select
 
     try:
         store = Store.open(uri)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from store import DamagedFile, Store
 from store.schema import EXPORT_COLUMNS
-from sweep.ledger import select
+from store.sweeps import select
 from sweep.lock import locked
 from sweep.options import UsageError
 

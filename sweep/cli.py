@@ -128,7 +128,7 @@ def _cluster_value(name: str, value: str, current):
 def status(words: list[str]) -> int:
     from sweep.status import show
 
-    options = parse("status", words, {"store": _store_name, "watch": boolean, "stale_after": number(above=0),
+    options = parse("status", words, {"store": _store_name, "watch": boolean, "stale_after": number(at_least=0),
                                       "sweep": text}, required=("store",))
     stale_after = options.get("stale_after")
     if stale_after is None:  # the default of conf/cluster, read without composing (status stays quick)

@@ -6,7 +6,8 @@ import time
 from collections import Counter, defaultdict
 
 from store import Store
-from sweep.ledger import STATES, RunState, select, states
+from store.sweeps import select
+from sweep.ledger import STATES, RunState, states
 
 
 def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tuple[str, bool]:

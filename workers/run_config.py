@@ -162,9 +162,12 @@ def configuration(config: dict) -> str:
     eta, seed and noise_seed. The analysis calibrates and tabulates per configuration, so
     runs that differ in anything else (the learning rate, the epochs) are never pooled.
 
-    >>> a = {"arch": {"name": "vgg11"}, "train": {"lr": 0.1}, "eta": 0.0, "seed": 0, "noise_seed": None}
+    >>> a = {"arch": {"name": "vgg11"}, "dataset": {"name": "digits"}, "train": {"lr": 0.1}, "eta": 0.0, "seed": 0,
+    ...      "noise_seed": None}
     >>> configuration(a) == configuration({**a, "eta": 0.4, "seed": 7, "runtime": {"device": "cpu"}})
     True
+    >>> configuration(a)[:13]
+    'vgg11-digits-'
     >>> configuration(a) == configuration({**a, "train": {"lr": 0.05}})
     False
     """

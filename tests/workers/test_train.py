@@ -40,12 +40,17 @@ def crash_at(step):
 def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_config):
     store = Store.open(str(tmp_path / "s"), create=True)
     configs = [tiny_config("eta=0.25"), tiny_config("eta=0.25", "monitor.num_probes=3"),
-               tiny_config("eta=0.25", "monitor.enabled=false")]
+               tiny_config("eta=0.25", "monitor.enabled=false"),
+               tiny_config("eta=0.25", "monitor.block_frobenius=true")]
     for config in configs:
         assert train(config, store)["status"] == "done"
     weights = [final_weights(store, c) for c in configs]
-    assert_same_weights(weights[0], weights[1])
-    assert_same_weights(weights[0], weights[2])
+    for other in weights[1:]:
+        assert_same_weights(weights[0], other)
+    # the extra products of block_frobenius=true are kept, as rows of their own quantity
+    frobenius = store.snapshots(run_ids=[run_id(configs[3])])
+    assert set(frobenius["quantity"].to_pylist()) == {"trace", "row_energy", "block_frobenius_sq"}
+    assert rows(frobenius.filter(pc.equal(frobenius["quantity"], "trace"))) != []
     snaps = store.snapshots(run_ids=[run_id(configs[0])], quantity="trace")
     assert set(store.snapshots(run_ids=[run_id(configs[0])])["quantity"].to_pylist()) == {"trace", "row_energy"}
     layers = len(set(snaps["layer"].to_pylist()))
