@@ -180,6 +180,14 @@ class Files:
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot reach {self.shown(path)}: {err}") from None
 
+    def size(self, path: str) -> int | None:
+        """The file's size now, None when there is none."""
+        try:
+            info = self.fs.get_file_info(path)
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"cannot reach {self.shown(path)}: {err}") from None
+        return None if info.type == pafs.FileType.NotFound else info.size
+
     def list(self, folder: str, *, recursive: bool = False) -> list[Entry]:
         """Files under ``folder`` (none when it does not exist); hidden temporaries left out."""
         try:

@@ -169,10 +169,7 @@ class Store:
                     problems.append(err)
             if record is not None:
                 problems += self._check_committed(rid, record["committed"], files, verify=verify)
-                if checkpoints != "none" and layout.CHECKPOINT in files:
-                    problem = self.check_checkpoint(rid, full=checkpoints == "crc")
-                    problems += [problem] if problem else []
-            elif checkpoints != "none" and layout.CHECKPOINT in files:
+            if checkpoints != "none" and layout.CHECKPOINT in files:
                 problem = self.check_checkpoint(rid, full=checkpoints == "crc")
                 problems += [problem] if problem else []
             result.append(RunHealth(rid, record, tuple(problems), files))
@@ -184,6 +181,8 @@ class Store:
         for entry in committed:
             path = self._run(run_id, entry["name"])
             size = files.get(entry["name"])
+            if size != entry["bytes"]:  # the listing may predate a commit made since: look again
+                size = self.files.size(path)
             if size is None:
                 problems.append(DamagedFile(self.shown(path), "listed in the run's record but missing"))
             elif size != entry["bytes"]:

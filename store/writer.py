@@ -73,7 +73,12 @@ class RunWriter:
     def start(self, *, total_steps: int, device: str, step: int = 0, committed: list | None = None) -> None:
         """Set-up done: training starts at ``step`` with the checkpoint's ``committed`` files
         (from step 0: nothing committed). Each listed file must be there, whole."""
-        entries = [self._entry(e) for e in (committed or [])]
+        try:
+            entries = [self._entry(e) for e in (committed or [])]
+        except DamagedFile as err:  # the checkpoint is no use without its data: the next attempt starts over
+            self.store.set_aside([self.store._run(self.run_id, layout.CHECKPOINT)], str(err))
+            raise DamagedFile(err.path, f"{err.problem}; the checkpoint that lists it was set aside, so the "
+                              "next attempt (`sweep resume`) restarts this run from step 0") from None
         self.record.update(total_steps=total_steps, device=device, step=step, committed=entries,
                            heartbeat_at=now())
         self.store.write_record(self.record)
@@ -84,11 +89,9 @@ class RunWriter:
         data = self.store.files.read(path)
         shown = self.store.shown(path)
         if data is None:
-            raise DamagedFile(shown, "the checkpoint lists it but it is missing",
-                              f"`sweep check store={self.store.uri} repair=true` sets the run aside to restart")
+            raise DamagedFile(shown, "the checkpoint lists it but it is missing")
         if not isinstance(entry, str) and (len(data) != entry["bytes"] or sha256(data) != entry["sha256"]):
-            raise DamagedFile(shown, "its content differs from what was committed",
-                              f"`sweep check store={self.store.uri} repair=true` sets the run aside to restart")
+            raise DamagedFile(shown, "its content differs from what was committed")
         return {"name": name, "bytes": len(data), "sha256": sha256(data)}
 
     def log(self, kind: str, rows: list[dict]) -> None:

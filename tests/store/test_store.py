@@ -219,3 +219,18 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path):
     (row,) = snaps.to_pylist()
     assert (row["quantity"], row["value"], row["arch"], row["step"]) == ("trace", 1.5, "vgg11", 5)
     assert migrate(str(root)) == [f"{root} already has schema version 2; nothing to do"]
+
+
+def test_a_checkpoint_whose_data_are_damaged_is_set_aside_so_the_next_attempt_starts_over(tmp_path):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    write_run(store, "r", [[5], [10]], done=False)
+    (tmp_path / "s" / "runs" / "r" / "record.parquet").write_bytes(b"garbage")  # its list is lost ...
+    (tmp_path / "s" / "runs" / "r" / "snapshots" / "a001-c000000.parquet").write_bytes(b"x")  # ... and a chunk
+    writer = RunWriter(store, identity("r"))
+    with pytest.raises(DamagedFile, match="a001-c000000.parquet is damaged: its content differs.*restarts this run"):
+        with writer:
+            committed = unzipped(writer.begin(host="h"))
+            writer.start(total_steps=100, device="cpu", step=10, committed=committed)
+    assert store.read_record("r")["status"] == "failed" and store.read_checkpoint("r") is None
+    again = RunWriter(store, identity("r"))
+    assert again.begin(host="h") is None and again.record["attempt"] == 3  # from step 0, fresh chunk names
