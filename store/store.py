@@ -143,6 +143,11 @@ class Store:
         return {rid: names for rid, names in runs.items() if layout.RECORD in names or layout.CHECKPOINT in names
                 or any(layout.chunk_attempt(n) for n in names)}
 
+    def known_runs(self) -> set[str]:
+        """Runs with a record or a checkpoint (a run with only a checkpoint records itself
+        when it resumes)."""
+        return {rid for rid, names in self.listing().items() if {layout.RECORD, layout.CHECKPOINT} & set(names)}
+
     def run_files(self, run_id: str) -> dict[str, int]:
         """{name: size} of every file in the run's folder."""
         base = self._run(run_id) + "/"

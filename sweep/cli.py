@@ -231,10 +231,12 @@ def run_one(overrides: list[str]) -> int:
     if not composed.get("store"):
         raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
     config = validate(run_config(composed))  # before the store is touched
+    from sweep.grid import check_devices
     from workers.datasets import check_present
     from workers.train import RunFailed, train
 
     check_present(config["dataset"]["name"], config["runtime"]["data_root"])
+    check_devices({config["runtime"]["device"]})
 
     store = Store.open(composed["store"], create=True)
     with locked(store):  # a store a live sweep is driving is refused

@@ -110,17 +110,22 @@ def preflight(sweep: Sweep) -> None:
                 raise ConfigError(f"{err} (cluster.check_data=false skips this check on the launching machine)") \
                     from None
     if not cluster["address"]:
-        devices = {c["runtime"]["device"] for c in sweep.runs.values()}
-        wanted = sorted(d for d in devices if d.startswith("cuda"))
-        if wanted:
-            import torch
+        check_devices({c["runtime"]["device"] for c in sweep.runs.values()})
 
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            for device in wanted:
-                index = int(device.partition(":")[2] or 0) if device.partition(":")[2].isdigit() else 0
-                if index >= count:
-                    raise ConfigError(
-                        f"runtime.device={device}, but this machine has {count} CUDA devices and the runs would "
-                        "start here (no cluster.address); use runtime.device=auto or cpu, or launch on a cluster "
-                        "with cluster.address=..."
-                    )
+
+def check_devices(devices: set[str]) -> None:
+    """Raise ConfigError unless every ``cuda[:N]`` among ``devices`` exists on this machine."""
+    wanted = sorted(d for d in devices if d.startswith("cuda"))
+    if not wanted:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in wanted:
+        index = device.partition(":")[2]
+        if (int(index) if index.isdigit() else 0) >= count:
+            raise ConfigError(
+                f"runtime.device={device}, but this machine has {count} CUDA devices and the run would start "
+                "here; use runtime.device=auto or cpu (a launch with cluster.address=... runs on the cluster's "
+                "machines instead)"
+            )

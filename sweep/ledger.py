@@ -54,9 +54,9 @@ def ensure_records(store: Store, runs: dict[str, dict]) -> None:
     checkpoint records itself when it resumes)."""
     from workers.run_config import identity
 
-    listing = store.listing()
+    known = store.known_runs()
     for rid, config in runs.items():
-        if not {"record.parquet", "checkpoint.pt"} & set(listing.get(rid, {})):
+        if rid not in known:
             store.write_record(new_record(identity(config)))
 
 

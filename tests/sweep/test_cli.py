@@ -78,6 +78,7 @@ def test_run_one_respects_the_launch_lock_of_a_live_driver(tmp_path, sweep_cli):
         (["train.bogus=1"], "Could not override 'train.bogus'"),
         (["dataset=cifar10", "runtime.data_root=NODATA"], "cifar-10-batches-py/data_batch_1, which does not exist"),
         (["train.batch_size=100000"], "train.batch_size=100000 exceeds the 1438 training images of digits"),
+        (["runtime.device=cuda:7"], "runtime.device=cuda:7, but this machine has .* CUDA devices"),
     ],
 )
 def test_run_one_bad_input_is_one_message_and_writes_nothing(tmp_path, sweep_cli, args, message):
