@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from store import DamagedFile, Store
 from store.schema import EXPORT_COLUMNS
 from store.sweeps import select
+from sweep.ledger import rewrite_manifest
 from sweep.lock import locked
 from sweep.options import UsageError
 
@@ -49,9 +50,15 @@ def check(store: Store, *, repair: bool = False, out=None) -> int:
         for h in damaged_runs:
             for line in store.repair(h):
                 print(f"repaired: {line}", file=out)
+        cluster = manifests[-1]["cluster"] if manifests else None
+        if damaged_manifests and cluster is None:
+            from sweep.config import compose_config
+
+            cluster = compose_config([])["cluster"]
         for d in damaged_manifests:
-            moved = store.set_aside([d.raw], str(d))
-            print(f"repaired: set aside {', '.join(moved)}; `sweep launch` of that sweep writes it again", file=out)
+            runs = rewrite_manifest(store, d, cluster)
+            print(f"repaired: {d.path} set aside and written again with the {len(runs)} runs its records name",
+                  file=out)
     print("repaired; `sweep resume` re-runs what was set aside", file=out)
     return 0
 

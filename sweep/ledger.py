@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from store import Store, StoreError, now
+from store import DamagedFile, Store, StoreError, now
 from store.schema import record as new_record
 from store.sweeps import select
 
@@ -65,8 +65,6 @@ def manifest_runs(store: Store, sweep: str | None = None) -> tuple[dict[str, dic
     settings, and notes. The caller holds the launch lock: a damaged manifest is set
     aside and rewritten from its runs' records (and, for a run whose record is damaged
     too, from the content its checkpoint holds)."""
-    import json
-
     manifests, damaged = store.read_manifests()
     if sweep is not None:
         chosen = select(store, sweep).label
@@ -82,14 +80,7 @@ def manifest_runs(store: Store, sweep: str | None = None) -> tuple[dict[str, dic
         cluster = compose_config([])["cluster"]
         notes.append("no readable manifest holds the cluster settings; using the defaults of conf/cluster")
     for err in damaged:
-        sweep_id = err.raw.rsplit("/", 1)[-1].removesuffix(".json")
-        found = {h.run_id: json.loads(h.record["config"]) for h in store.inspect()
-                 if h.record is not None and h.record["sweep_id"] == sweep_id}
-        found.update(_from_checkpoints(store, set(store.run_ids()) - set(found) - set(runs), found))
-        store.set_aside([err.raw], str(err))
-        store.write_manifest({"sweep_id": sweep_id, "created": now().isoformat(), "code_version": code_version(),
-                              "overrides": ["(rewritten from the runs' records after damage)"], "cluster": cluster,
-                              "runs": found})
+        found = rewrite_manifest(store, err, cluster, known=set(runs))
         runs.update(found)
         notes.append(f"{err}; set aside and rewritten with the {len(found)} runs its records and checkpoints name")
     if not runs:
@@ -98,6 +89,23 @@ def manifest_runs(store: Store, sweep: str | None = None) -> tuple[dict[str, dic
             f"start one with `sweep launch experiment=NAME store={store.uri}`"
         )
     return runs, cluster, notes
+
+
+def rewrite_manifest(store: Store, damaged: DamagedFile, cluster: dict, *, known: set[str] = frozenset()) -> dict:
+    """Set a damaged manifest aside and write it again from the records that name its sweep
+    (and, for runs whose record is damaged too, their checkpoints); return its runs. The
+    caller holds the launch lock."""
+    import json
+
+    sweep_id = damaged.raw.rsplit("/", 1)[-1].removesuffix(".json")
+    found = {h.run_id: json.loads(h.record["config"]) for h in store.inspect()
+             if h.record is not None and h.record["sweep_id"] == sweep_id}
+    found.update(_from_checkpoints(store, set(store.run_ids()) - set(found) - set(known), found))
+    store.set_aside([damaged.raw], str(damaged))
+    store.write_manifest({"sweep_id": sweep_id, "created": now().isoformat(), "code_version": code_version(),
+                          "overrides": ["(rewritten from the runs' records after damage)"], "cluster": cluster,
+                          "runs": found})
+    return found
 
 
 def _from_checkpoints(store: Store, run_ids: set[str], siblings: dict[str, dict]) -> dict[str, dict]:

@@ -98,3 +98,19 @@ def test_every_command_on_a_damaged_store(tmp_path, reference, sweep_cli, how, r
     assert list((root / "damaged").rglob("*.parquet"))  # the damaged files were kept, set aside
     final = sweep_cli("status", f"store={root}")
     assert "total: 0 pending, 0 running, 0 stuck, 4 done, 0 failed, 0 damaged" in final.stdout
+
+
+def test_check_repair_sets_damage_aside_and_keeps_the_sweep(tmp_path, reference, sweep_cli):
+    source, run_ids = reference
+    root = tmp_path / "s"
+    shutil.copytree(source, root)
+    (manifest,) = (root / "manifests").glob("*.json")
+    damage(manifest, "garbage")
+    damage(next((root / "runs" / run_ids[1] / "snapshots").glob("*.parquet")), "truncate")
+    repaired = sweep_cli("check", f"store={root}", "repair=true")
+    assert repaired.returncode == 0 and repaired.stdout.count("repaired:") == 2, repaired.stdout
+    assert sweep_cli("check", f"store={root}").returncode == 0
+    (rewritten,), damaged = Store.open(str(root)).read_manifests()
+    assert damaged == [] and sorted(rewritten["runs"]) == run_ids  # the sweep still knows its 4 runs
+    status = sweep_cli("status", f"store={root}")
+    assert "total: 1 pending, 0 running, 0 stuck, 3 done, 0 failed, 0 damaged" in status.stdout
