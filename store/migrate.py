@@ -24,7 +24,10 @@ from store.store import Store
 def migrate(uri: str) -> list[str]:
     files = Files(str(uri))
     marker = files.path(layout.MARKER)
-    found = json.loads(files.read(marker) or b"{}").get("schema_version")
+    try:
+        found = json.loads(files.read(marker) or b"{}").get("schema_version")
+    except (ValueError, AttributeError):
+        raise StoreError(f"{files.shown(marker)} is not a store marker; nothing was migrated") from None
     if found == SCHEMA_VERSION:
         return [f"{uri} already has schema version {SCHEMA_VERSION}; nothing to do"]
     if found != 1:
@@ -67,6 +70,3 @@ def migrate(uri: str) -> list[str]:
     files.write(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode())
     lines.append(f"{uri} now has schema version {SCHEMA_VERSION}")
     return lines
-
-
-

@@ -64,8 +64,9 @@ def number_list(*, length: int | None = None, above: float | None = None, ascend
         if not isinstance(parsed, list) or not parsed or (length and len(parsed) != length):
             raise UsageError(f"must be {shape}, like [10,20]")
         try:
-            values = [each(str(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else each("x")
-                      for v in parsed]
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in parsed):
+                raise UsageError("not a number")
+            values = [each(str(v)) for v in parsed]
         except UsageError:
             raise UsageError(f"must be {shape}, like [10,20]") from None
         if ascending and values != sorted(values):
