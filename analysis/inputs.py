@@ -84,8 +84,7 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
     try:
         store = Store.open(uri)
         chosen = select(store, sweep)
-        runs = store.runs(run_ids=chosen.run_ids)
-        damaged = store.damaged_runs(chosen.run_ids)
+        runs, damaged = store.read_runs(chosen.run_ids)
     except StoreError as err:
         raise AnalysisError(str(err)) from None
     notes = list(chosen.notes)
@@ -104,7 +103,7 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
         notes.append(f"{runs.num_rows - done.num_rows} of {runs.num_rows} runs are not done "
                      f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) and are left out")
     try:
-        table = store.snapshots(run_ids=done["run_id"].to_pylist(), quantity=quantity)
+        table = store.snapshots(runs=done, quantity=quantity)
     except StoreError as err:
         raise AnalysisError(str(err)) from None
     if table.num_rows == 0 and done.num_rows:

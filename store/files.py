@@ -82,7 +82,7 @@ class Files:
                 with self.fs.open_output_stream(path) as out:
                     out.write(data)
                 return
-            temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+            temp = _temporary(path)
             try:
                 with self.fs.open_output_stream(temp) as out:
                     out.write(data)
@@ -103,10 +103,9 @@ class Files:
         if not self.local:
             self.write(path, data)
             return True
-        parent = path.rsplit("/", 1)[0]
-        temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        temp = _temporary(path)
         try:
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             with open(temp, "wb") as f:
                 f.write(data)
             try:
@@ -196,6 +195,12 @@ class Files:
             raise StoreError(f"cannot list {self.shown(folder)}: {err}") from None
         return [Entry(i.path, i.size) for i in infos
                 if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+
+
+def _temporary(path: str) -> str:
+    """A hidden name beside ``path`` that no reader uses (listings leave dot-files out)."""
+    parent, name = path.rsplit("/", 1)
+    return f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

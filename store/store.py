@@ -342,10 +342,17 @@ class Store:
         self.files.delete(self.lock_path)
 
     # -- the reader API (analysis, status, export) ----------------------------------------
+    def read_runs(self, run_ids: list[str] | None = None) -> tuple[pa.Table, list[RunHealth]]:
+        """From one inspection: the runs whose record and data can be used, as a table, and
+        the runs that cannot, with what is wrong."""
+        health = self.inspect(run_ids)
+        table = pa.Table.from_pylist([h.record for h in health if h.usable], schema=RUNS_SCHEMA)
+        return table, [h for h in health if h.problems and not h.usable]
+
     def runs(self, *, run_ids: list[str] | None = None, arch: str | None = None, dataset: str | None = None,
              eta: float | None = None, status: str | None = None, sweep_id: str | None = None) -> pa.Table:
         """One row per run whose record and data can be used (the others: ``damaged_runs``)."""
-        table = pa.Table.from_pylist([h.record for h in self.inspect(run_ids) if h.usable], schema=RUNS_SCHEMA)
+        table = self.read_runs(run_ids)[0]
         filters = {"arch": arch, "dataset": dataset, "eta": eta, "status": status, "sweep_id": sweep_id}
         for column, value in filters.items():
             if value is not None:
@@ -354,22 +361,24 @@ class Store:
 
     def damaged_runs(self, run_ids: list[str] | None = None) -> list[RunHealth]:
         """Runs whose record or committed data cannot be used, with what is wrong."""
-        return [h for h in self.inspect(run_ids) if not h.usable and h.problems]
+        return self.read_runs(run_ids)[1]
 
-    def snapshots(self, *, layer: str | None = None, quantity: str | None = None, **run_filters) -> pa.Table:
+    def snapshots(self, *, layer: str | None = None, quantity: str | None = None, runs: pa.Table | None = None,
+                  **run_filters) -> pa.Table:
         """Committed snapshot rows (long format: one per run, step, layer and quantity),
-        with the run's identity joined, of the runs ``runs(**run_filters)`` selects."""
+        with the run's identity joined, of ``runs`` (a table from ``runs``/``read_runs``,
+        already read) or of the runs ``runs(**run_filters)`` selects."""
         row_filter = None
         for column, value in (("layer", layer), ("quantity", quantity)):
             if value is not None:
                 term = pads.field(column) == value
                 row_filter = term if row_filter is None else row_filter & term
-        return self._read_kind("snapshots", self.runs(**run_filters), row_filter)
+        return self._read_kind("snapshots", self.runs(**run_filters) if runs is None else runs, row_filter)
 
-    def metrics(self, *, scope: str | None = None, **run_filters) -> pa.Table:
+    def metrics(self, *, scope: str | None = None, runs: pa.Table | None = None, **run_filters) -> pa.Table:
         """Committed metric rows (scope, name, value per step), the run's identity joined."""
         row_filter = None if scope is None else pads.field("scope") == scope
-        return self._read_kind("metrics", self.runs(**run_filters), row_filter)
+        return self._read_kind("metrics", self.runs(**run_filters) if runs is None else runs, row_filter)
 
     def _read_kind(self, kind: str, runs: pa.Table, row_filter) -> pa.Table:
         files = [self._run(rid, entry["name"])

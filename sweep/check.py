@@ -73,11 +73,12 @@ def export(store: Store, out: str, *, quantity: str = "trace", sweep: str | None
     if target.is_dir():
         raise UsageError(f"out={out} is a folder; name a file such as {target / 'trajectories.parquet'}")
     chosen = select(store, sweep)
-    for h in store.damaged_runs(chosen.run_ids):
+    runs, damaged = store.read_runs(chosen.run_ids)
+    for h in damaged:
         print(f"note: left out {h.run_id}: {h.problems[0]}", file=stream)
-    table = store.snapshots(run_ids=chosen.run_ids, quantity=None if quantity == "all" else quantity)
+    table = store.snapshots(runs=runs, quantity=None if quantity == "all" else quantity)
     if table.num_rows == 0:
-        known = sorted(set(store.snapshots(run_ids=chosen.run_ids)["quantity"].to_pylist()))
+        known = sorted(set(store.snapshots(runs=runs)["quantity"].to_pylist()))
         raise UsageError(f"sweep {chosen.label} has no committed snapshot rows of quantity={quantity}; "
                          f"its quantities: {', '.join(known) or 'none yet'} (or quantity=all)")
     table = table.select(EXPORT_COLUMNS).sort_by([("run_id", "ascending"), ("step", "ascending"),

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from store import RunWriter, Store
 from workers import checkpoint
 from workers.curvature import layerwise_trace
+from workers.curvature.trace import probe_mean, probe_stderr
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
 from workers.models import build_model
@@ -51,10 +52,7 @@ def per_layer_rows(base: dict, layers: list[str], numel: list[int], quantity: st
                    values: torch.Tensor) -> list[dict]:
     """Snapshot rows of one per-layer quantity from its per-probe values [K, L]: the mean,
     its standard error over probes, and the K values themselves."""
-    k = values.shape[0]
-    mean = values.mean(0).masked_fill(~values.isfinite().all(0), math.nan).tolist()
-    stderr = (values.std(0, correction=1) / math.sqrt(k)).tolist() if k > 1 else [math.nan] * len(layers)
-    columns = values.T.tolist()
+    mean, stderr, columns = probe_mean(values).tolist(), probe_stderr(values).tolist(), values.T.tolist()
     return [{**base, "layer": name, "layer_index": i, "numel": numel[i], "quantity": quantity, "value": mean[i],
              "stderr": stderr[i], "probe_values": columns[i]} for i, name in enumerate(layers)]
 
@@ -149,12 +147,8 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
         if result.nonfinite:
             raise RunFailed(f"non-finite Hessian-vector product at step {at} in layers {result.nonfinite}")
         base = {"run_id": rid, "step": at, "epoch": at / steps_per_epoch}
-        rows = per_layer_rows(base, result.layers, result.numel, "trace", result.probe_values)
-        rows += per_layer_rows(base, result.layers, result.numel, "row_energy", result.row_energy_values)
-        if result.block_frobenius_values is not None:
-            rows += per_layer_rows(base, result.layers, result.numel, "block_frobenius_sq",
-                                   result.block_frobenius_values)
-        return rows
+        return [row for quantity, values in result.per_probe().items()
+                for row in per_layer_rows(base, result.layers, result.numel, quantity, values)]
 
     def metric_rows(at: int, scope: str, values: dict[str, float]) -> list[dict]:
         return [{"run_id": rid, "step": at, "epoch": at / steps_per_epoch, "scope": scope, "name": k,

@@ -57,32 +57,33 @@ class LayerwiseTrace:
     def num_probes(self) -> int:
         return self.probe_values.shape[0]
 
-    def _mean(self, values: torch.Tensor) -> torch.Tensor:
-        # A layer hit by a non-finite product has no estimate: NaN, never an
-        # average over the probes that happened to stay finite.
-        return values.mean(0).masked_fill(~values.isfinite().all(0), math.nan)
-
     @property
     def trace(self) -> torch.Tensor:
         """[L] the estimate of T_l = tr(H_ll) (eq. 4)."""
-        return self._mean(self.probe_values)
+        return probe_mean(self.probe_values)
 
     @property
     def stderr(self) -> torch.Tensor:
         """[L] standard error of ``trace`` over probes; NaN for one probe."""
-        if self.num_probes < 2:
-            return torch.full_like(self.trace, math.nan)
-        return self.probe_values.std(0, correction=1) / math.sqrt(self.num_probes)
+        return probe_stderr(self.probe_values)
 
     @property
     def row_energy(self) -> torch.Tensor:
         """[L] estimate of sum_m ||H_lm||_F^2 (the block row of H)."""
-        return self._mean(self.row_energy_values)
+        return probe_mean(self.row_energy_values)
 
     @property
     def block_frobenius_sq(self) -> torch.Tensor | None:
         """[L] unbiased estimate of ||H_ll||_F^2 (may be negative at few probes)."""
-        return None if self.block_frobenius_values is None else self._mean(self.block_frobenius_values)
+        return None if self.block_frobenius_values is None else probe_mean(self.block_frobenius_values)
+
+    def per_probe(self) -> dict[str, torch.Tensor]:
+        """Every per-layer quantity of this call as its per-probe values [K, L], by name:
+        ``trace``, ``row_energy`` and, when computed, ``block_frobenius_sq``."""
+        values = {"trace": self.probe_values, "row_energy": self.row_energy_values}
+        if self.block_frobenius_values is not None:
+            values["block_frobenius_sq"] = self.block_frobenius_values
+        return values
 
     @property
     def anisotropy(self) -> torch.Tensor | None:
@@ -92,6 +93,19 @@ class LayerwiseTrace:
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.layers, self.trace.tolist()))
+
+
+def probe_mean(values: torch.Tensor) -> torch.Tensor:
+    """[L] the mean over probes of per-probe values [K, L]. A layer hit by a non-finite
+    product has no estimate: NaN, never an average over the probes that stayed finite."""
+    return values.mean(0).masked_fill(~values.isfinite().all(0), math.nan)
+
+
+def probe_stderr(values: torch.Tensor) -> torch.Tensor:
+    """[L] the standard error of ``probe_mean`` over the K probes; NaN for one probe."""
+    if values.shape[0] < 2:
+        return torch.full(values.shape[1:], math.nan, dtype=values.dtype, device=values.device)
+    return values.std(0, correction=1) / math.sqrt(values.shape[0])
 
 
 def tensor_dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
