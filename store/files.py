@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from store.schema import ADDED
+
 
 class StoreError(RuntimeError):
     """A store that cannot be opened, read or written; the message says what to do."""
@@ -220,6 +222,9 @@ def read_parquet(data: bytes, schema: pa.Schema, *, shown: str) -> pa.Table:
         table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise DamagedFile(shown, f"not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    for index, column in enumerate(schema):
+        if column.name in ADDED and column.name not in table.column_names and index <= table.num_columns:
+            table = table.add_column(index, column, pa.nulls(table.num_rows, column.type))
     if not table.schema.remove_metadata().equals(schema.remove_metadata()):
         raise DamagedFile(shown, f"its columns {table.schema.names} are not the expected {schema.names}")
     return table

@@ -34,7 +34,11 @@ IDENTITY = [
     ("role", pa.string()),  # clean (eta = 0, the calibration ensemble) or noisy
     ("head_layer", pa.string()),  # the classification head's group name, for the analysis
     ("config", pa.string()),  # the full resolved run config as JSON
+    ("axes", pa.map_(pa.string(), pa.string())),  # the sweep's grid.axes values of this run, as JSON text
 ]
+# Columns added to version 2 after it first shipped: a file written before has none,
+# and is read with them null (``files.read_parquet``); nothing else changed, so no migration.
+ADDED = {"axes"}
 RUNS_SCHEMA = pa.schema(
     [
         *IDENTITY,
@@ -82,11 +86,11 @@ METRICS_SCHEMA = pa.schema(
 KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA}
 
 # What the reader adds to every snapshot or metric row: the run's identity, from its record.
-JOINED = ["sweep_id", "configuration", "arch", "dataset", "eta", "seed"]
+JOINED = ["sweep_id", "configuration", "arch", "dataset", "eta", "seed", "axes"]
 
 # The long format of `sweep export`, also what `sweep analyze trajectories=` reads.
-EXPORT_COLUMNS = ["run_id", "sweep_id", "configuration", "arch", "dataset", "eta", "seed", "step", "epoch", "layer",
-                  "layer_index", "numel", "quantity", "value", "stderr"]
+EXPORT_COLUMNS = ["run_id", "sweep_id", "configuration", "axes", "arch", "dataset", "eta", "seed", "step", "epoch",
+                  "layer", "layer_index", "numel", "quantity", "value", "stderr"]
 
 
 def record(identity: dict, **fields) -> dict:

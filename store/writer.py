@@ -5,7 +5,7 @@
     with writer:                                  # any exception: the record says failed, and why
         saved = writer.begin(host=...)            # record `running` before set-up; checkpoint bytes
         ...set-up (data, device, model)...        # a failure here is recorded like any other
-        writer.start(total_steps=..., device=..., step=..., committed=...)
+        writer.start(total_steps=..., device=..., step=..., committed=..., head_layer=...)
         writer.log("snapshots", rows); writer.log("metrics", rows); writer.heartbeat()
         writer.commit(step, checkpoint=lambda committed: bytes)
         writer.done(final_metrics)
@@ -70,15 +70,19 @@ class RunWriter:
         self.store.write_record(self.record)
         return self.store.read_checkpoint(self.run_id)
 
-    def start(self, *, total_steps: int, device: str, step: int = 0, committed: list | None = None) -> None:
+    def start(self, *, total_steps: int, device: str, step: int = 0, committed: list | None = None,
+              head_layer: str | None = None) -> None:
         """Set-up done: training starts at ``step`` with the checkpoint's ``committed`` files
-        (from step 0: nothing committed). Each listed file must be there, whole."""
+        (from step 0: nothing committed). Each listed file must be there, whole. ``head_layer``:
+        the classification head, when only the built model could say (a user's model)."""
         try:
             entries = [self._entry(e) for e in (committed or [])]
         except DamagedFile as err:  # the checkpoint is no use without its data: the next attempt starts over
             self.store.set_aside([self.store._run(self.run_id, layout.CHECKPOINT)], str(err))
             raise DamagedFile(err.path, f"{err.problem}; the checkpoint that lists it was set aside, so the "
                               "next attempt (`sweep resume`) restarts this run from step 0") from None
+        if head_layer is not None:
+            self.identity["head_layer"] = self.record["head_layer"] = head_layer
         self.record.update(total_steps=total_steps, device=device, step=step, committed=entries,
                            heartbeat_at=now())
         self.store.write_record(self.record)

@@ -16,7 +16,8 @@ from sweep.options import UsageError, boolean, number, number_list, parse, text
 
 # name -> one-line help, shown by ``sweep --help`` and ``sweep NAME --help``
 SUBCOMMANDS = {
-    "launch": "compose the grid with Hydra and run it on Ray: sweep launch experiment=NAME store=PATH [key=value ...]",
+    "launch": ("compose the grid with Hydra and run it on Ray: sweep launch [--config-dir DIR] experiment=NAME "
+               "store=PATH [key=value ...]"),
     "resume": ("relaunch pending, failed, interrupted and damaged runs: "
                "sweep resume store=PATH [sweep=ID] [cluster.KEY=VALUE ...]"),
     "status": ("counts by state, failures, stuck and damaged runs of one sweep, from the store alone: "
@@ -28,14 +29,15 @@ SUBCOMMANDS = {
                 "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]"),
     "forget": "drop a sweep and the runs only it holds: sweep forget store=PATH sweep=ID",
     "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
-    "run-one": ("train one run in this process into a store: "
-                "sweep run-one store=DIR arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"),
+    "run-one": ("train one run in this process into a store: sweep run-one [--config-dir DIR] store=DIR "
+                "arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"),
     "data": "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]",
 }
 # Errors a user can cause, by the module that defines them: a module not yet imported
 # cannot have raised its error, so none of them is imported just to be caught.
 USER_ERRORS = (("sweep.config", "ConfigError"), ("workers.run_config", "RunConfigError"),
-               ("workers.datasets", "DatasetError"), ("store.files", "StoreError"),
+               ("workers.datasets", "DatasetError"), ("workers.models", "ModelError"),
+               ("workers.targets", "TargetError"), ("store.files", "StoreError"),
                ("workers.checkpoint", "CheckpointError"), ("analysis.inputs", "AnalysisError"))
 
 
@@ -65,14 +67,35 @@ def _open(uri: str):
     return Store.open(uri)
 
 
-def launch(overrides: list[str]) -> int:
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")  # Hydra's spelling: a folder of one's own presets beside conf/
+COMPOSING = ("launch", "run-one")
+
+
+def _config_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without its ``--config-dir DIR`` (also ``-cd DIR``, ``--config-dir=DIR``), and DIR."""
+    rest, found = [], None
+    words = iter(argv)
+    for word in words:
+        flag, sep, value = word.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            found = value if sep else next(words, None)
+            if not found:
+                raise UsageError(f"{flag} needs a folder: {flag} DIR")
+        else:
+            rest.append(word)
+    return rest, found
+
+
+def launch(overrides: list[str], config_dir: str | None = None) -> int:
     from store import Store
+    from sweep.config import config_dir as checked_dir
     from sweep.grid import expand, preflight
     from sweep.launch import drive
     from sweep.ledger import register
     from sweep.lock import locked
 
-    sweep = expand(overrides)  # every run composed and validated before anything is touched
+    # every run composed and validated before anything is touched
+    sweep = expand(overrides, user_dir=checked_dir(config_dir))
     if not sweep.composed.get("store"):
         raise UsageError("sweep launch needs store=PATH (a local folder or s3://bucket/prefix)")
     preflight(sweep)  # the data, the device: what can be checked on this machine
@@ -221,22 +244,22 @@ def analyze(words: list[str]) -> int:
     return 0
 
 
-def run_one(overrides: list[str]) -> int:
+def run_one(overrides: list[str], config_dir: str | None = None) -> int:
     from store import Store
     from sweep.config import compose_config, run_config
+    from sweep.config import config_dir as checked_dir
+    from sweep.grid import Sweep, preflight
     from sweep.lock import locked
-    from workers.run_config import validate
+    from workers.run_config import run_id, validate
 
-    composed = compose_config(overrides)
+    composed = compose_config(overrides, user_dir=checked_dir(config_dir))
     if not composed.get("store"):
         raise UsageError("sweep run-one needs store=DIR (a local folder or s3://bucket/prefix)")
     config = validate(run_config(composed))  # before the store is touched
-    from sweep.grid import check_devices
-    from workers.datasets import check_present
     from workers.train import RunFailed, train
 
-    check_present(config["dataset"]["name"], config["runtime"]["data_root"])
-    check_devices({config["runtime"]["device"]})
+    local = {**composed, "cluster": {**composed["cluster"], "address": None, "check_data": True}}  # runs here
+    preflight(Sweep(sweep_id="", runs={run_id(config): config}, composed=local))
 
     store = Store.open(composed["store"], create=True)
     with locked(store):  # a store a live sweep is driving is refused
@@ -274,6 +297,11 @@ COMMANDS = {"launch": launch, "resume": resume, "status": status, "check": check
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv, config_dir = _config_dir(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
+    try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or argparse's own usage message (2)
         return int(exit_.code or 0)
@@ -281,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args.overrides)
+        if config_dir is not None and args.command not in COMPOSING:
+            raise UsageError(f"--config-dir applies to {' and '.join(COMPOSING)}, which compose a config; "
+                             f"sweep {args.command} reads the store")
+        extra = {"config_dir": config_dir} if args.command in COMPOSING else {}
+        return COMMANDS[args.command](args.overrides, **extra)
     except KeyboardInterrupt:
         print(f"sweep {args.command}: interrupted; what was committed is kept (`sweep resume` continues)",
               file=sys.stderr)

@@ -1,21 +1,32 @@
 """The grid: a composed config with a ``grid`` section -> every run's plain config.
 
-Per (arch, dataset) the config is composed once with Hydra (the group choices
-change defaults, for example the digits dataset's shorter snapshot interval);
-each run then sets eta and seed. Grids are data in ``conf/experiment``; this
-module only expands them, validates every run, and names the sweep.
+Per (arch, dataset) the config is composed once with Hydra (the group choices bring
+their own keys); each combination of the ``grid.axes`` values then sets its dotted
+keys, and each run its eta and seed. Grids are data in ``conf/experiment`` (or a
+``--config-dir``); this module only expands them, validates every run, and names the
+sweep after its runs, so the same grid is the same sweep and a grown one reuses every
+run it already has.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from sweep.config import ConfigError, compose_config, run_config
 from workers.run_config import RunConfigError, run_id, validate
 
 GRID_KEYS = {"arch", "dataset", "clean_seeds", "noisy_eta", "noisy_seeds", "noisy_first_seed"}
+OPTIONAL_GRID_KEYS = {"axes"}
+# Keys that cannot be axes, and what to change instead.
+NOT_AXES = {
+    "eta": "grid.noisy_eta", "seed": "grid.clean_seeds and grid.noisy_seeds", "noise_seed": "nothing (it follows seed)",
+    "arch": "grid.arch", "arch.name": "grid.arch", "arch._target_": "grid.arch (one arch file per model)",
+    "dataset": "grid.dataset", "dataset.name": "grid.dataset", "dataset._target_": "grid.dataset",
+}
 
 
 @dataclass(frozen=True)
@@ -31,11 +42,12 @@ def _grid(composed: dict) -> dict:
     grid = composed.get("grid")
     if not grid:
         raise ConfigError("this config has no grid: pass experiment=NAME (paper, mini, demo or smoke)")
-    unknown = set(grid) - GRID_KEYS
+    unknown = set(grid) - GRID_KEYS - OPTIONAL_GRID_KEYS
     missing = GRID_KEYS - set(grid)
     if unknown or missing:
         raise ConfigError(
-            f"grid keys: unknown {sorted(unknown)}, missing {sorted(missing)}; expected {sorted(GRID_KEYS)}"
+            f"grid keys: unknown {sorted(unknown)}, missing {sorted(missing)}; expected {sorted(GRID_KEYS)} "
+            f"and optionally {sorted(OPTIONAL_GRID_KEYS)}"
         )
     for key in ("arch", "dataset", "noisy_eta"):
         if not isinstance(grid[key], list) or (key != "noisy_eta" and not grid[key]):
@@ -43,7 +55,47 @@ def _grid(composed: dict) -> dict:
     for key in ("clean_seeds", "noisy_seeds", "noisy_first_seed"):
         if not isinstance(grid[key], int) or isinstance(grid[key], bool) or grid[key] < 0:
             raise ConfigError(f"grid.{key} must be an integer >= 0, got {grid[key]!r}")
+    axes(grid)
     return grid
+
+
+def axes(grid: dict) -> list[dict]:
+    """Every combination of the ``grid.axes`` values, in the order the keys are written:
+    one dict of dotted key -> value each ([{}] without axes).
+
+    >>> axes({"axes": {"train.lr": [0.1, 0.05], "arch.width": [0.25]}})
+    [{'train.lr': 0.1, 'arch.width': 0.25}, {'train.lr': 0.05, 'arch.width': 0.25}]
+    """
+    spec = grid.get("axes") or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"grid.axes must map dotted run-config keys to lists of values, got {spec!r}")
+    for key, values in spec.items():
+        if key in NOT_AXES:
+            raise ConfigError(f"grid.axes.{key}: {key} cannot be an axis; use {NOT_AXES[key]}")
+        if key.split(".")[0] == "runtime":
+            raise ConfigError(f"grid.axes.{key}: runtime settings do not change what a run computes, so they "
+                              "cannot be an axis; set it once (runtime.KEY=VALUE)")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.axes.{key} must be a non-empty list of values, got {values!r}")
+        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            raise ConfigError(f"grid.axes.{key} lists a value twice: {values}")
+    return [dict(zip(spec, combination)) for combination in itertools.product(*spec.values())]
+
+
+def _set(config: dict, key: str, value) -> None:
+    """Set the dotted ``key`` of a run config (a new key is left for validation to judge)."""
+    *sections, last = key.split(".")
+    node = config
+    for i, section in enumerate(sections):
+        if not isinstance(node.get(section), dict):
+            raise RunConfigError(f"{'.'.join(sections[: i + 1])} is not a section of the run config, so {key} "
+                                 f"cannot be set; its sections: {', '.join(k for k, v in node.items() if isinstance(v, dict))}")
+        node = node[section]
+    node[last] = value
+
+
+def _label(values: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
 def cells(grid: dict) -> list[tuple[float, int]]:
@@ -58,10 +110,11 @@ def cells(grid: dict) -> list[tuple[float, int]]:
     return clean + noisy
 
 
-def expand(overrides: list[str]) -> Sweep:
-    """Compose, expand and validate every run of the sweep that ``overrides`` describe.
+def expand(overrides: list[str], *, user_dir: Path | None = None) -> Sweep:
+    """Compose, expand and validate every run of the sweep that ``overrides`` describe
+    (with ``user_dir``: a --config-dir beside the built-in groups).
 
-    Raises ConfigError naming the first bad run; nothing is launched before this returns.
+    Raises ConfigError naming the first bad cell; nothing is launched before this returns.
     """
     for word in overrides:
         key = word.partition("=")[0].lstrip("+~")
@@ -70,24 +123,30 @@ def expand(overrides: list[str]) -> Sweep:
                 f"{word}: in a sweep, {key} comes from the grid; change grid.noisy_eta, grid.clean_seeds, "
                 "grid.noisy_seeds, grid.arch or grid.dataset instead (or use `sweep run-one` for a single run)"
             )
-    base = compose_config(overrides)
+    base = compose_config(overrides, user_dir=user_dir)
     grid = _grid(base)
     runs: dict[str, dict] = {}
     composed = None
     for arch in grid["arch"]:
         for dataset in grid["dataset"]:
             try:
-                cell = compose_config([*overrides, f"arch={arch}", f"dataset={dataset}"])
+                cell = compose_config([*overrides, f"arch={arch}", f"dataset={dataset}"], user_dir=user_dir)
             except ConfigError as err:
                 raise ConfigError(f"grid cell arch={arch} dataset={dataset}: {err}") from None
             composed = composed or cell
-            for eta, seed in cells(grid):
-                config = {**run_config(cell), "eta": eta, "seed": seed}
-                try:
-                    config = validate(config)
-                except RunConfigError as err:
-                    raise ConfigError(f"run arch={arch} dataset={dataset} eta={eta} seed={seed}: {err}") from None
-                runs[run_id(config)] = config
+            for values in axes(grid):
+                where = f"arch={arch} dataset={dataset}" + (f" {_label(values)}" if values else "")
+                for eta, seed in cells(grid):
+                    config = run_config(cell)
+                    config = {**json.loads(json.dumps(config)), "eta": eta, "seed": seed}
+                    config["runtime"]["axes"] = dict(values)
+                    try:
+                        for key, value in values.items():
+                            _set(config, key, value)
+                        config = validate(config)
+                    except RunConfigError as err:
+                        raise ConfigError(f"grid cell {where} (eta={eta} seed={seed}): {err}") from None
+                    runs[run_id(config)] = config
     spec = json.dumps(sorted(runs), separators=(",", ":"))
     sweep_id = "sweep-" + hashlib.sha256(spec.encode()).hexdigest()[:12]
     for config in runs.values():
@@ -97,20 +156,67 @@ def expand(overrides: list[str]) -> Sweep:
 
 def preflight(sweep: Sweep) -> None:
     """What can be checked on the launching machine before anything is written: each
-    dataset's files, and, for a local launch (no cluster address), that the device the
-    runs ask for exists here. Raises ConfigError with the fix."""
+    dataset's files (a user's dataset is loaded and its arrays checked), that each model
+    builds for its dataset and has a classification head, and, for a local launch (no
+    cluster address), that the device the runs ask for exists here. Raises ConfigError
+    naming the cell and the fix."""
     cluster = sweep.composed["cluster"]
     if cluster["check_data"]:
-        from workers.datasets import DatasetError, check_present
+        from workers.datasets import DatasetError, check_present, dataset, load_dataset
+        from workers.models import ModelError, build_model
+        from workers.run_config import RunConfigError, check_batch_sizes
 
-        for config in {c["dataset"]["name"]: c for c in sweep.runs.values()}.values():
+        shapes = {}  # dataset config -> (num_classes, in_channels)
+        for config in _distinct(sweep.runs.values(), "dataset"):
+            section, root = config["dataset"], config["runtime"]["data_root"]
             try:
-                check_present(config["dataset"]["name"], config["runtime"]["data_root"])
-            except DatasetError as err:
-                raise ConfigError(f"{err} (cluster.check_data=false skips this check on the launching machine)") \
-                    from None
+                entry = dataset(section)
+                check_present(section, root)
+                if entry.num_classes is None:  # a user's loader: load it once and check what it returns
+                    data = load_dataset(section, root)
+                    check_batch_sizes(config, len(data.train_labels))
+                    shapes[_key(section)] = (data.num_classes, data.in_channels)
+                else:
+                    shapes[_key(section)] = (entry.num_classes, entry.in_channels)
+            except (DatasetError, RunConfigError) as err:
+                raise ConfigError(f"dataset {section['name']}: {err} (cluster.check_data=false skips this check "
+                                  "on the launching machine)") from None
+        for config in _distinct(sweep.runs.values(), "arch", "dataset"):
+            num_classes, in_channels = shapes[_key(config["dataset"])]
+            try:
+                _build_once(config["arch"], num_classes=num_classes, in_channels=in_channels, build=build_model)
+            except ModelError as err:
+                raise ConfigError(f"grid cell arch={config['arch']['name']} dataset={config['dataset']['name']}: "
+                                  f"{err}") from None
     if not cluster["address"]:
         check_devices({c["runtime"]["device"] for c in sweep.runs.values()})
+
+
+def _key(section: dict) -> str:
+    return json.dumps(section, sort_keys=True)
+
+
+def _distinct(configs, *sections: str) -> list[dict]:
+    """One config per distinct value of ``sections`` (and data folder)."""
+    chosen = {}
+    for config in configs:
+        chosen.setdefault((*(_key(config[s]) for s in sections), config["runtime"]["data_root"]), config)
+    return list(chosen.values())
+
+
+def _build_once(arch: dict, *, num_classes: int, in_channels: int, build) -> None:
+    """Build the model without allocating its weights (torch's meta device); a factory that
+    cannot build there is built on the CPU, which also gives its real error."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                build(arch, num_classes=num_classes, in_channels=in_channels)
+            return
+        except Exception:  # noqa: BLE001 - the CPU build below raises the real error, if any
+            pass
+        build(arch, num_classes=num_classes, in_channels=in_channels)
 
 
 def check_devices(devices: set[str]) -> None:

@@ -1,5 +1,7 @@
 """Dataset readers: CIFAR-10/100 from the standard "python version" archives, and
 the handwritten digits that scikit-learn ships (the real small dataset for CPU runs).
+A dataset config chooses one by ``name`` (``DATASETS``), or names a user's own loader
+with ``_target_: package.module.loader``, whose result ``image_data`` checks.
 
 Every reader returns an :class:`ImageData` of uint8 images (N, C, H, W) and int64
 labels on the CPU; ``workers.data`` moves it to the training device once.
@@ -20,11 +22,14 @@ import pickle
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from workers.targets import check_keywords, import_target
 
 
 class DatasetError(RuntimeError):
@@ -95,17 +100,11 @@ ARCHIVES = {
         std=(0.2673, 0.2564, 0.2762),
     ),
 }
-DATASETS = ("cifar10", "cifar100", "digits")
-# Training images of each dataset as published (digits: our fixed split below), so a
-# config can be checked against its dataset before anything loads it.
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1438}
-
-
 def _archive(name: str) -> Archive:
     if name not in ARCHIVES:
         downloadable = ", ".join(ARCHIVES)
-        hint = " (digits ships inside scikit-learn and needs no download)" if name == "digits" else ""
-        raise DatasetError(f"unknown downloadable dataset {name!r}{hint}; choose one of: {downloadable}")
+        raise DatasetError(f"{name!r} is not a downloadable dataset (digits ships inside scikit-learn and needs "
+                           f"none); choose one of: {downloadable}")
     return ARCHIVES[name]
 
 
@@ -263,17 +262,6 @@ def _require(path: Path, name: str, root: Path) -> None:
         )
 
 
-def check_present(name: str, root: str | Path | None) -> None:
-    """Raise DatasetError unless every batch file of ``name`` is under ``root`` (cheap: no reading)."""
-    if name == "digits":
-        return
-    spec = _archive(name)
-    if root is None:
-        raise DatasetError(f"{name} needs a data folder: pass runtime.data_root=DIR")
-    for file in spec.train_files + spec.test_files:
-        _require(Path(root) / spec.folder / file, name, Path(root))
-
-
 def load_cifar(name: str, root: str | Path) -> ImageData:
     """CIFAR-10 or CIFAR-100 from the extracted python-version folder under ``root``."""
     spec = _archive(name)
@@ -315,13 +303,128 @@ def load_digits() -> ImageData:
     )
 
 
-def load_dataset(name: str, root: str | Path | None = None) -> ImageData:
-    """The dataset called ``name`` (``cifar10``, ``cifar100`` or ``digits``)."""
-    if name == "digits":
-        return load_digits()
-    if name not in ARCHIVES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if root is None:
-        raise DatasetError(f"{name} needs a data folder: pass runtime.data_root=DIR (fill it with "
-                           f"`{download_command(name, 'DIR')}`)")
-    return load_cifar(name, root)
+@dataclass(frozen=True)
+class Dataset:
+    """Everything about one choice of dataset: how to load it (from the data folder, or
+    None), what it holds, whether it needs a folder, and the cheap check that its files
+    are there. A config can be checked against it before anything loads it."""
+
+    load: Callable[[Path | None], ImageData]
+    train_size: int | None  # training images; None (a user's loader): known only once loaded
+    num_classes: int | None
+    in_channels: int | None
+    needs_root: bool
+    present: Callable[[Path], None] = lambda root: None  # raises DatasetError naming a missing file
+
+
+def _cifar(name: str) -> Dataset:
+    spec = ARCHIVES[name]
+
+    def present(root: Path) -> None:
+        for file in spec.train_files + spec.test_files:
+            _require(Path(root) / spec.folder / file, name, Path(root))
+
+    return Dataset(lambda root: load_cifar(name, root), 50_000, spec.num_classes, 3, needs_root=True, present=present)
+
+
+# The built-in choices, by ``dataset.name``. ``dataset._target_: package.module.loader``
+# makes a user's own entry of the same kind (``dataset`` below).
+DATASETS: dict[str, Dataset] = {
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
+    "digits": Dataset(lambda root: load_digits(), 1438, 10, 1, needs_root=False),  # our fixed split, below
+}
+RESERVED = ("name", "_target_", "crop_padding", "flip")  # dataset keys that are not keyword arguments of a loader
+
+
+def dataset(config: dict | str) -> Dataset:
+    """The entry a dataset config (or a built-in's name) chooses: a built-in by name, or its
+    ``_target_`` (called with the config's other keys; the result is checked by ``image_data``)."""
+    config = {"name": config} if isinstance(config, str) else config
+    if "_target_" not in config:
+        if config.get("name") not in DATASETS:
+            raise DatasetError(f"dataset.name={config.get('name')!r} is not allowed: it must be one of "
+                               f"{', '.join(DATASETS)}, or give dataset._target_=package.module.loader")
+        return DATASETS[config["name"]]
+    target = config["_target_"]
+    loader = import_target(target, where="dataset._target_")
+    keywords = {key: value for key, value in config.items() if key not in RESERVED}
+    check_keywords(loader, keywords, where="dataset")
+
+    def load(root) -> ImageData:
+        try:
+            returned = loader(**keywords)
+        except Exception as err:  # the user's loader: its own error, said in one line
+            raise DatasetError(f"dataset._target_={target} failed: {type(err).__name__}: {err}") from None
+        return image_data(returned, name=config["name"], where=f"dataset._target_={target}")
+
+    return Dataset(load, None, None, None, needs_root=False)
+
+
+def load_dataset(config: dict | str, root: str | Path | None = None) -> ImageData:
+    """The dataset a dataset config (or a built-in's name) describes, from the data folder
+    ``root`` when it needs one."""
+    config = {"name": config} if isinstance(config, str) else config
+    entry = dataset(config)
+    if entry.needs_root and root is None:
+        raise DatasetError(f"{config['name']} needs a data folder: pass runtime.data_root=DIR (fill it with "
+                           f"`{download_command(config['name'], 'DIR')}`)")
+    return entry.load(None if root is None else Path(root))
+
+
+def check_present(config: dict | str, root: str | Path | None) -> None:
+    """Raise DatasetError unless the dataset's files are under ``root`` (cheap: no reading)."""
+    config = {"name": config} if isinstance(config, str) else config
+    entry = dataset(config)
+    if entry.needs_root:
+        if root is None:
+            raise DatasetError(f"{config['name']} needs a data folder: pass runtime.data_root=DIR")
+        entry.present(Path(root))
+
+
+def image_data(returned, *, name: str, where: str) -> ImageData:
+    """What a user's loader returned, checked and made an ImageData: either an ImageData,
+    or a mapping with ``train_images``, ``train_labels``, ``test_images``, ``test_labels``
+    (numpy arrays or tensors: uint8 images (N, C, H, W), integer labels (N,)) and
+    optionally ``num_classes`` (default: the largest label + 1), ``mean`` and ``std``
+    (per channel on the [0, 1] scale; default: those of the training images)."""
+    if isinstance(returned, ImageData):
+        returned = {key: getattr(returned, key) for key in
+                    ("train_images", "train_labels", "test_images", "test_labels", "num_classes", "mean", "std")}
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    if not isinstance(returned, dict) or any(key not in returned for key in keys):
+        raise DatasetError(f"{where} returned a {type(returned).__name__}; it must return an ImageData or a dict "
+                           f"with {', '.join(keys)} (and optionally num_classes, mean, std)")
+    arrays = {}
+    for key in keys:
+        try:
+            arrays[key] = torch.as_tensor(np.asarray(returned[key])).cpu()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise DatasetError(f"{where}: {key} is not an array ({err})") from None
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DatasetError(f"{where}: {split}_images has dtype {images.dtype} and shape {tuple(images.shape)}; "
+                               "it must be uint8 images of shape (N, C, H, W), pixel values 0..255")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != images.shape[:1]:
+            raise DatasetError(f"{where}: {split}_labels has dtype {labels.dtype} and shape {tuple(labels.shape)}; "
+                               f"it must be integer class indices of shape ({images.shape[0]},), one per image")
+        if images.shape[0] == 0:
+            raise DatasetError(f"{where}: {split}_images is empty; both splits need at least one image")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DatasetError(f"{where}: train images are {tuple(arrays['train_images'].shape[1:])} and test images "
+                           f"{tuple(arrays['test_images'].shape[1:])}; both must be (C, H, W) alike")
+    labels = torch.cat([arrays["train_labels"], arrays["test_labels"]]).long()
+    num_classes = returned.get("num_classes") or int(labels.max()) + 1
+    if not isinstance(num_classes, int) or num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
+        raise DatasetError(f"{where}: labels span [{int(labels.min())}, {int(labels.max())}] with num_classes="
+                           f"{num_classes}; labels must lie in [0, num_classes) and there must be 2 classes or more")
+    train = arrays["train_images"].double() / 255.0
+    channels = train.shape[1]
+    mean = returned.get("mean") or tuple(train.mean(dim=(0, 2, 3)).tolist())
+    std = returned.get("std") or tuple(train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise DatasetError(f"{where}: mean and std must give one value per channel ({channels}), std > 0")
+    return ImageData(name, arrays["train_images"].contiguous(), arrays["train_labels"].long(),
+                     arrays["test_images"].contiguous(), arrays["test_labels"].long(), num_classes,
+                     tuple(float(m) for m in mean), tuple(float(s) for s in std))

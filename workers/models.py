@@ -5,14 +5,22 @@ the ResNets, identity shortcuts unless the shape changes, one Linear classifier.
 ``width`` scales every channel count (1.0 is the paper's network), so the same
 architectures run narrow on small CPU data; ``in_channels`` and ``num_classes``
 follow the dataset.
+
+An arch config chooses a model: ``name`` picks a built-in entry of ``ARCHITECTURES``,
+``_target_: package.module.factory`` a user's own. Either way the factory is called
+with ``num_classes=``, ``in_channels=`` and the config's other keys, and the entry
+says which module is the classification head.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import nn
+
+from workers.targets import check_keywords, import_target
 
 
 def _channels(base: int, width: float) -> int:
@@ -95,26 +103,92 @@ class VGG(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-def resnet18(**kwargs) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+def resnet18(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def resnet34(**kwargs) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
+def resnet34(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def vgg11(**kwargs) -> VGG:
-    return VGG(VGG_CFG["vgg11"], **kwargs)
+def vgg11(*, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> VGG:
+    return VGG(VGG_CFG["vgg11"], num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34, "vgg11": vgg11}
-
-# Name of the classification head's module in each architecture (the layer the
-# paper's decision rule monitors, section 5.3).
-HEAD = {"resnet18": "linear", "resnet34": "linear", "vgg11": "classifier"}
+class ModelError(ValueError):
+    """A model that cannot be built or monitored; the message names the fix."""
 
 
-def build_model(arch: str, *, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch={arch!r} is not one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+@dataclass(frozen=True)
+class Architecture:
+    """Everything about one choice of model: the factory, called with ``num_classes=``,
+    ``in_channels=`` and the arch config's other keys, and the name of the module that is
+    its classification head (the layer the paper's decision rule monitors, section 5.3;
+    None: the last ``nn.Linear`` in module order)."""
+
+    factory: Callable[..., nn.Module]
+    head: str | None = None
+
+
+# The built-in choices, by ``arch.name``. ``arch._target_: package.module.factory``
+# makes a user's own entry of the same kind (``architecture`` below).
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet18": Architecture(resnet18, head="linear"),
+    "resnet34": Architecture(resnet34, head="linear"),
+    "vgg11": Architecture(vgg11, head="classifier"),
+}
+RESERVED = ("name", "_target_", "head")  # arch keys that are not keyword arguments of the factory
+SUPPLIED = ("num_classes", "in_channels")  # what every factory is called with, from the dataset
+
+
+def architecture(arch: dict) -> Architecture:
+    """The entry an arch config chooses: a built-in by name, or its ``_target_``."""
+    if "_target_" in arch:
+        entry = Architecture(import_target(arch["_target_"], where="arch._target_"), head=arch.get("head"))
+    elif arch.get("name") in ARCHITECTURES:
+        builtin = ARCHITECTURES[arch["name"]]
+        entry = Architecture(builtin.factory, head=arch.get("head") or builtin.head)
+    else:
+        raise ModelError(f"arch.name={arch.get('name')!r} is not allowed: it must be one of "
+                         f"{', '.join(ARCHITECTURES)}, or give arch._target_=package.module.factory")
+    check_keywords(entry.factory, options(arch), where="arch", supplied=SUPPLIED)
+    return entry
+
+
+def options(arch: dict) -> dict:
+    """The factory's keyword arguments in an arch config (all keys but RESERVED)."""
+    return {key: value for key, value in arch.items() if key not in RESERVED}
+
+
+def build_model(arch: dict, *, num_classes: int, in_channels: int) -> tuple[nn.Module, str]:
+    """The model an arch config describes, and the name of its classification head."""
+    entry = architecture(arch)
+    where = arch.get("_target_") or arch["name"]
+    try:
+        model = entry.factory(num_classes=num_classes, in_channels=in_channels, **options(arch))
+    except Exception as err:  # the user's factory: its own error, said in one line
+        raise ModelError(f"arch {where}: building the model failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"arch._target_={where} returned a {type(model).__name__}, not a torch.nn.Module")
+    head = head_of(model, entry.head, where=where)
+    module = model.get_submodule(head)
+    if entry.head is None and module.out_features != num_classes:  # found, not named: it should give the logits
+        raise ModelError(f"arch {where}: its head {head} gives {module.out_features} outputs, but the dataset has "
+                         f"{num_classes} classes; build the head with num_classes (the factory receives it)")
+    return model, head
+
+
+def head_of(model: nn.Module, head: str | None, *, where: str) -> str:
+    """``head`` checked against the model, else the last ``nn.Linear`` in module order."""
+    modules = dict(model.named_modules())
+    if head is None:
+        linear = [name for name, module in modules.items() if isinstance(module, nn.Linear)]
+        if not linear:
+            raise ModelError(f"arch {where}: the model has no nn.Linear to monitor as its classification head; "
+                             "set arch.head=MODULE_NAME (the module that produces the logits)")
+        return linear[-1]
+    if head not in modules or not any(True for _ in modules[head].parameters(recurse=False)):
+        own = [name for name, m in modules.items() if name and any(True for _ in m.parameters(recurse=False))]
+        raise ModelError(f"arch.head={head!r} is not a module with parameters of {where}; its modules with "
+                         f"parameters: {', '.join(own)}")
+    return head

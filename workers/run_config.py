@@ -14,11 +14,13 @@ import copy
 import hashlib
 import json
 import math
+import re
 
 from workers.curvature.hvp import MECHANISMS
 from workers.curvature.probes import DISTRIBUTIONS
-from workers.datasets import DATASETS, TRAIN_SIZES
-from workers.models import ARCHITECTURES, HEAD
+from workers.datasets import DatasetError, dataset
+from workers.models import ModelError, architecture
+from workers.targets import TargetError, add_import_paths
 
 
 class RunConfigError(ValueError):
@@ -31,16 +33,15 @@ _POSITIVE_INT = (int, lambda v: v > 0, "a positive integer")
 _POSITIVE = ((int, float), lambda v: v > 0, "a positive number")
 _NON_NEGATIVE = ((int, float), lambda v: v >= 0, "a number >= 0")
 _BOOL = (bool, lambda v: True, "true or false")
+_NAME = (str, lambda v: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", v)),
+         "letters, digits, _ and . (it is part of every run id)")
+# arch and dataset: a built-in by name, or a user's `_target_` whose other keys are its
+# keyword arguments, checked against its signature (workers/targets.py).
+ARCH = {"name": _NAME, "head": ((str, type(None)), lambda v: True, "a module name of the model, or null"),
+        "width": _POSITIVE}  # width: the built-in models' only option
+DATASET = {"name": _NAME, "crop_padding": (int, lambda v: v >= 0, "an integer >= 0"), "flip": _BOOL}
+DATASET_DEFAULTS = {"crop_padding": 0, "flip": False}  # no augmentation unless asked
 SCHEMA = {
-    "arch": {
-        "name": (str, lambda v: v in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
-        "width": _POSITIVE,
-    },
-    "dataset": {
-        "name": (str, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
-        "crop_padding": (int, lambda v: v >= 0, "an integer >= 0"),
-        "flip": _BOOL,
-    },
     "train": {
         "epochs": _POSITIVE_INT,
         "batch_size": _POSITIVE_INT,
@@ -68,8 +69,14 @@ SCHEMA = {
         "device": (str, lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda[:N]"),
         "threads": ((int, type(None)), lambda v: v is None or v > 0, "a positive integer or null"),
         "sweep_id": ((str, type(None)), lambda v: True, "a string or null"),
+        "pythonpath": ((list, type(None)), lambda v: v is None or all(isinstance(p, str) for p in v),
+                       "a list of folders or null"),
+        "axes": (dict, lambda v: all(isinstance(k, str) for k in v), "a mapping of dotted keys to values"),
     },
 }
+# runtime keys added after runs were first stored: a config without them (in an older
+# manifest) gets these, which change nothing the run computes.
+RUNTIME_DEFAULTS = {"pythonpath": None, "axes": {}}
 TOP_LEVEL = {
     "eta": ((int, float), lambda v: 0 <= v < 1, "a label-noise rate in [0, 1); the paper uses 0, 0.25, 0.40, 0.60"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
@@ -89,10 +96,11 @@ def _check(where: str, value, rule) -> None:
 
 
 def validate(config: dict) -> dict:
-    """Check every key of a run config; return a deep copy. Raises RunConfigError."""
+    """Check every key of a run config; return a deep copy with the defaults filled in.
+    Raises RunConfigError. A ``_target_`` is imported (from ``runtime.pythonpath`` too)."""
     if not isinstance(config, dict):
         raise RunConfigError(f"a run config is a mapping, got {type(config).__name__}")
-    known = set(SCHEMA) | set(TOP_LEVEL)
+    known = set(SCHEMA) | set(TOP_LEVEL) | {"arch", "dataset"}
     for key in config:
         if key not in known:
             raise RunConfigError(f"unknown key {key!r} in the run config; known keys: {', '.join(sorted(known))}")
@@ -100,10 +108,13 @@ def validate(config: dict) -> dict:
         if key not in config:
             raise RunConfigError(f"the run config has no {key!r}: pass {key}=... ")
         _check(key, config[key], rule)
-    for section, rules in SCHEMA.items():
-        values = config.get(section)
-        if not isinstance(values, dict):
+    config = copy.deepcopy(config)
+    for section in (*SCHEMA, "arch", "dataset"):
+        if not isinstance(config.get(section), dict):
             raise RunConfigError(f"the run config has no {section!r} section")
+    config["runtime"] = {**RUNTIME_DEFAULTS, **config["runtime"]}
+    for section, rules in SCHEMA.items():
+        values = config[section]
         for key in values:
             if key not in rules:
                 raise RunConfigError(
@@ -113,20 +124,75 @@ def validate(config: dict) -> dict:
             if key not in values:
                 raise RunConfigError(f"the run config has no {section}.{key}")
             _check(f"{section}.{key}", values[key], rule)
-    if config["dataset"]["name"] != "digits" and not config["runtime"]["data_root"]:
-        name = config["dataset"]["name"]
+    add_import_paths(config["runtime"]["pythonpath"])
+    _arch(config["arch"])
+    entry = _dataset(config["dataset"])
+    name = config["dataset"]["name"]
+    if entry.needs_root and not config["runtime"]["data_root"]:
         raise RunConfigError(
             f"dataset {name} needs a data folder: pass runtime.data_root=DIR "
             f"(fill it with `sweep data download dataset={name} root=DIR`)"
         )
-    size = TRAIN_SIZES[config["dataset"]["name"]]
+    if entry.train_size is not None:  # a user's dataset: checked once loaded (sweep.grid.preflight, the worker)
+        check_batch_sizes(config, entry.train_size)
+    return config
+
+
+def _named(section: str, values: dict) -> None:
+    """A ``_target_`` section is named after its callable unless it says otherwise."""
+    if "_target_" in values and "name" not in values and isinstance(values["_target_"], str):
+        values["name"] = values["_target_"].rpartition(".")[2]
+    if "name" not in values:
+        raise RunConfigError(f"the run config has no {section}.name (or {section}._target_=package.module.name)")
+
+
+def _options(section: str, values: dict, rules: dict, reserved: tuple[str, ...]) -> None:
+    for key, rule in rules.items():
+        if key in values:
+            _check(f"{section}.{key}", values[key], rule)
+    for key, value in values.items():
+        if key not in reserved:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise RunConfigError(f"{section}.{key}={value!r} is not allowed: it must be a number, a string, "
+                                     "true/false, null, or a list or mapping of those") from None
+
+
+def _arch(arch: dict) -> None:
+    _named("arch", arch)
+    _options("arch", arch, ARCH if "_target_" not in arch else {"name": _NAME, "head": ARCH["head"]},
+             ("name", "_target_", "head"))
+    try:
+        architecture(arch)
+    except (ModelError, TargetError) as err:
+        raise RunConfigError(str(err)) from None
+
+
+def _dataset(values: dict):
+    _named("dataset", values)
+    for key, default in DATASET_DEFAULTS.items():
+        values.setdefault(key, default)
+    if "_target_" not in values:
+        for key in values:
+            if key not in DATASET:
+                raise RunConfigError(f"unknown key dataset.{key}; known keys of dataset: {', '.join(DATASET)} "
+                                     "(a dataset._target_ loader takes its own keyword arguments)")
+    _options("dataset", values, DATASET, ("name", "_target_"))
+    try:
+        return dataset(values)
+    except (DatasetError, TargetError) as err:
+        raise RunConfigError(str(err)) from None
+
+
+def check_batch_sizes(config: dict, train_size: int) -> None:
+    """Raise RunConfigError when a batch is larger than the training set."""
     for key in ("train", "monitor"):
-        if config[key]["batch_size"] > size:
+        if config[key]["batch_size"] > train_size:
             raise RunConfigError(
-                f"{key}.batch_size={config[key]['batch_size']} exceeds the {size} training images of "
-                f"{config['dataset']['name']}; use at most {size}"
+                f"{key}.batch_size={config[key]['batch_size']} exceeds the {train_size} training images of "
+                f"{config['dataset']['name']}; use at most {train_size}"
             )
-    return copy.deepcopy(config)
 
 
 def content(config: dict) -> dict:
@@ -181,6 +247,7 @@ def identity(config: dict) -> dict:
     return {
         "run_id": run_id(config), "sweep_id": config["runtime"]["sweep_id"], "configuration": configuration(config),
         "arch": config["arch"]["name"], "dataset": config["dataset"]["name"], "eta": float(config["eta"]),
-        "seed": config["seed"], "role": role(config), "head_layer": HEAD[config["arch"]["name"]],
+        "seed": config["seed"], "role": role(config), "head_layer": architecture(config["arch"]).head,
         "config": json.dumps(config, sort_keys=True),
+        "axes": {key: json.dumps(value) for key, value in (config["runtime"].get("axes") or {}).items()},
     }

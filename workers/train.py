@@ -32,7 +32,7 @@ from workers.curvature.trace import probe_mean, probe_stderr
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
 from workers.models import build_model
-from workers.run_config import content_json, identity, validate
+from workers.run_config import check_batch_sizes, content_json, identity, validate
 from workers.seeds import derive_seed, generator
 
 
@@ -79,20 +79,18 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
     device = resolve_device(rt["device"])
     if rt["threads"]:
         torch.set_num_threads(rt["threads"])
-    images = load_dataset(ds["name"], rt["data_root"])
+    images = load_dataset(ds, rt["data_root"])
+    check_batch_sizes(config, len(images.train_labels))  # a user's dataset is sized only once loaded
     noise_seed = seed if config["noise_seed"] is None else config["noise_seed"]
     data = place(images, eta=config["eta"], device=device,
                  noise_generator=generator("label-noise", ds["name"], config["eta"], noise_seed))
     batch_size = tr["batch_size"]
     steps_per_epoch = data.num_train // batch_size  # the last incomplete batch is dropped
-    if steps_per_epoch == 0:
-        raise RunFailed(f"train.batch_size={batch_size} exceeds the {data.num_train} training images")
     total_steps = tr["epochs"] * steps_per_epoch
 
     with torch.random.fork_rng(devices=[]):  # initialisation from its own seed, global RNG untouched
         torch.manual_seed(derive_seed("init", seed))
-        model = build_model(arch["name"], num_classes=data.num_classes, in_channels=images.in_channels,
-                            width=arch["width"])
+        model, head = build_model(arch, num_classes=data.num_classes, in_channels=images.in_channels)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if (cuda and tr["channels_last"]) else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
@@ -110,7 +108,7 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
         checkpoint.restore_global_rng_state(state["rng"]["global"])
         step, seconds, last_epoch_metrics = state["step"], state["seconds"], state["last_epoch_metrics"]
         committed = state["committed"]
-    writer.start(total_steps=total_steps, device=str(device), step=step, committed=committed)
+    writer.start(total_steps=total_steps, device=str(device), step=step, committed=committed, head_layer=head)
 
     def lr_at(s: int) -> float:
         if tr["schedule"] == "constant":

@@ -117,7 +117,7 @@ def test_batch_reader_never_runs_pickled_code(tmp_path):
 def test_missing_dataset_names_the_path_and_the_download_command(tmp_path):
     with pytest.raises(DatasetError, match=r"cifar-100-python/train, which does not exist.*dataset=cifar100"):
         datasets.load_dataset("cifar100", tmp_path)
-    with pytest.raises(DatasetError, match="unknown dataset 'svhn'"):
+    with pytest.raises(DatasetError, match="dataset.name='svhn' is not allowed"):
         datasets.load_dataset("svhn", tmp_path)
 
 
@@ -133,3 +133,44 @@ def test_digits_split_is_fixed_and_complete():
     assert int(a.test_labels[0]) == int(raw.target[4])  # every fifth image is a test image
     x = a.train_images.double() / 255
     assert np.isclose(a.mean[0], float(x.mean())) and np.isclose(a.std[0], float(x.std(correction=0)))
+
+
+# A user's loaders, reached by _target_ like any module on the import path.
+def small(*, n=20, classes=3, shape=(1, 4, 4), dtype="uint8", as_image_data=False):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n, *shape)).astype(dtype),
+        "train_labels": np.arange(n) % classes,
+        "test_images": rng.integers(0, 256, (5, *shape)).astype(dtype),
+        "test_labels": np.arange(5) % classes,
+    }
+    return datasets.image_data(arrays, name="small", where="test") if as_image_data else arrays
+
+
+def test_a_target_loader_gives_checked_image_data_with_its_statistics():
+    config = {"name": "small", "_target_": f"{__name__}.small", "n": 30, "crop_padding": 0, "flip": False}
+    entry = datasets.dataset(config)
+    assert (entry.train_size, entry.needs_root) == (None, False)
+    data = datasets.load_dataset(config)
+    assert (data.num_classes, data.in_channels, len(data.train_labels)) == (3, 1, 30)
+    pixels = data.train_images.double() / 255
+    assert data.mean == pytest.approx([pixels.mean().item()]) and data.std == pytest.approx([pixels.std().item()])
+    again = datasets.load_dataset({**config, "as_image_data": True})  # an ImageData is accepted as it is
+    assert torch.equal(again.train_images, data.train_images) and again.mean == data.mean
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"shape": (4, 4)}, r"train_images has dtype torch.uint8 and shape \(20, 4, 4\); it must be uint8 images of "
+                        r"shape \(N, C, H, W\)"),
+    ({"dtype": "float32"}, "train_images has dtype torch.float32"),
+    ({"classes": 1}, r"labels span \[0, 0\] with num_classes=1"),
+    ({"nn": 3}, "dataset.nn is not a keyword argument of small"),
+])
+def test_a_bad_target_dataset_is_one_clear_message(options, message):
+    with pytest.raises(DatasetError if "nn" not in options else ValueError, match=message):
+        datasets.load_dataset({"name": "small", "_target_": f"{__name__}.small", **options})
+
+
+def test_a_loader_that_returns_something_else_is_named():
+    with pytest.raises(DatasetError, match="returned a list; it must return an ImageData or a dict with train_images"):
+        datasets.image_data([1, 2], name="x", where="dataset._target_=m.f")
