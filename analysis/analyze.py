@@ -23,6 +23,8 @@ class Results:
     sensitivity: list[dict]
     detections: list[Detection]  # at the main (k, ARL0), for the figures
     notes: list[str] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # the grid.axes keys: a column each in every table
+    labels: dict[str, str] = field(default_factory=dict)  # configuration -> "arch dataset key=value ..."
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -134,4 +136,10 @@ def analyze(
         "lag1_autocorrelation": {key: v["lag1_autocorrelation"] for key, v in summary["configurations"].items()},
         "notes": notes,
     })
-    return Results(table1, summary, cohens, sensitivity, detections, notes)
+    keys = traj.axis_keys()
+    for row in (*table1, *cohens, *sensitivity):
+        row.update({key: traj.axes.get(row["configuration"], {}).get(key, "") for key in keys})
+    for configuration, values in summary["configurations"].items():
+        values["axes"] = traj.axes.get(configuration, {})
+    labels = {c: traj.label(c) for c in summary["configurations"]}
+    return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels)

@@ -4,8 +4,9 @@ Parquet file or folder in long format, validated in one place and aligned by ste
 
 Long format: run_id, arch, dataset, eta, seed, step, epoch, layer and either ``trace``
 or ``quantity`` + ``value`` (what `sweep export` writes; the rows of one quantity are
-used), optionally ``configuration``. Runs are compared only within a configuration (the
-run config minus eta, seed and runtime; without the column: arch and dataset)."""
+used), optionally ``configuration`` and ``axes`` (a map of the sweep's grid.axes values).
+Runs are compared only within a configuration (the run config minus eta, seed and runtime;
+without the column: arch and dataset)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,30 @@ class Trajectories:
     on what is missing (reported, not fatal)."""
 
     table: pa.Table
-    heads: dict[str, str]  # arch -> classification-head layer name (from the store's runs table)
+    heads: dict[str, str]  # configuration -> classification-head layer name (from the store's runs table)
     source: str
     notes: list[str] = field(default_factory=list)
+    axes: dict[str, dict[str, str]] = field(default_factory=dict)  # configuration -> its grid.axes values
+
+    def axis_keys(self) -> list[str]:
+        """Every axis of the configurations, in the order first seen."""
+        return list(dict.fromkeys(key for values in self.axes.values() for key in values))
+
+    def label(self, configuration: str) -> str:
+        """A configuration as people read it: arch, dataset and its axis values."""
+        arch, dataset = _of(self, configuration).slice(0, 1).select(["arch", "dataset"]).to_pylist()[0].values()
+        axes = " ".join(f"{k}={v}" for k, v in self.axes.get(configuration, {}).items())
+        return f"{arch} {dataset}" + (f" {axes}" if axes else "")
+
+
+def _axes(table: pa.Table) -> dict[str, dict[str, str]]:
+    """configuration -> axis values, from a table with configuration and axes columns."""
+    if not {"configuration", "axes"} <= set(table.column_names):
+        return {}
+    configurations = pc.unique(table["configuration"])
+    first = pc.index_in(configurations, value_set=table["configuration"])  # each one's first row
+    axes = table["axes"].take(first).to_pylist()
+    return {c: dict(a or []) for c, a in zip(configurations.to_pylist(), axes)}
 
 
 def _check(table: pa.Table, source: str, quantity: str = "trace") -> pa.Table:
@@ -108,8 +130,8 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
         raise AnalysisError(str(err)) from None
     if table.num_rows == 0 and done.num_rows:
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
-    heads = dict(zip(done["arch"].to_pylist(), done["head_layer"].to_pylist()))
-    return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes)
+    heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
+    return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done))
 
 
 def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
@@ -120,7 +142,8 @@ def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
         table = pq.read_table(path, use_threads=False)  # threads: see store.files.read_parquet
     except (pa.ArrowException, OSError) as err:
         raise AnalysisError(f"{path} is not readable Parquet ({str(err).splitlines()[0]})") from None
-    return Trajectories(_check(table, str(path), quantity), {}, str(path))
+    axes = _axes(table) if "configuration" in table.column_names else {}
+    return Trajectories(_check(table, str(path), quantity), {}, str(path), axes=axes)
 
 
 @dataclass(frozen=True)
@@ -159,12 +182,12 @@ def resolve_layers(traj: Trajectories, configuration: str, arch: str, layer: str
     if layer == "all":
         return known
     if layer == "head":
-        if arch not in traj.heads:
+        if not traj.heads.get(configuration):
             raise AnalysisError(
-                f"layer=head needs model metadata, which {traj.source} does not have for {arch}; "
+                f"layer=head needs model metadata, which {traj.source} does not have for {configuration}; "
                 f"pass layer=NAME, one of: {', '.join(known)}"
             )
-        layer = traj.heads[arch]
+        layer = traj.heads[configuration]
     if layer not in known:
         raise AnalysisError(f"layer {layer!r} is not in {configuration}; its layers are: {', '.join(known)}")
     return [layer]

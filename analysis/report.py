@@ -41,26 +41,42 @@ def _epoch(row: dict) -> str:
     return f"{row['det_epoch_mean']:.1f} ± {0.0 if math.isnan(std) else std:.1f}"
 
 
-def table1_markdown(rows: list[dict]) -> str:
-    """Table 1 as Markdown; a Configuration column appears when an (arch, dataset) has several."""
-    several = len({r["configuration"] for r in rows}) > len({(r["arch"], r["dataset"]) for r in rows})
-    first = "| Configuration " if several else ""
-    lines = [f"{first}| Arch | Dataset | eta | Layer | Det. epoch (mean ± std) | Alert rate | h |",
-             "|---" * (8 if several else 7) + "|"]
-    lines += [(f"| {r['configuration']} " if several else "")
+def _identifying(rows: list[dict], axes: list[str]) -> list[str]:
+    """The columns that tell a row's configuration: its axes, and the configuration itself
+    when arch, dataset and axes do not (configurations that differ in a preset's settings)."""
+    named = {(r["arch"], r["dataset"], *(r[a] for a in axes)) for r in rows}
+    return [*axes, *(["configuration"] if len({r["configuration"] for r in rows}) > len(named) else [])]
+
+
+def table1_markdown(rows: list[dict], axes: list[str] = ()) -> str:
+    """Table 1 as Markdown: a column per grid axis, and a Configuration column when arch,
+    dataset and axes leave several configurations apart."""
+    extra = _identifying(rows, list(axes))
+    names = [("Configuration" if c == "configuration" else c) for c in extra]
+    lines = ["| " + " | ".join([*names, "Arch", "Dataset", "eta", "Layer", "Det. epoch (mean ± std)", "Alert rate",
+                                "h"]) + " |",
+             "|---" * (7 + len(extra)) + "|"]
+    lines += ["".join(f"| {r[c]} " for c in extra)
               + f"| {r['arch']} | {r['dataset']} | {r['eta']:.2f} | {r['layer']} | {_epoch(r)} | "
               f"{r['n_alerts']}/{r['n_runs']} = {r['alert_rate']:.2f} | {r['h']:.2f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def table1_latex(rows: list[dict]) -> str:
+def table1_latex(rows: list[dict], axes: list[str] = ()) -> str:
     pm, end = "$\\pm$", "\\\\"
+    extra = _identifying(rows, list(axes))
     body = "\n".join(
-        f"{r['arch']} & {r['dataset']} & {r['eta']:.2f} & {_epoch(r).replace('±', pm)} & "
+        "".join(f"{_latex(r[c])} & " for c in extra)
+        + f"{r['arch']} & {r['dataset']} & {r['eta']:.2f} & {_epoch(r).replace('±', pm)} & "
         f"{r['alert_rate']:.2f} & {r['h']:.2f} {end}" for r in rows
     )
-    return ("\\begin{tabular}{llrlrr}\n\\toprule\nArch & Dataset & $\\eta$ & Det. epoch & Alert rate & $h$ \\\\\n"
-            f"\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n")
+    head = "".join(f"{_latex(c)} & " for c in extra)
+    return (f"\\begin{{tabular}}{{{'l' * len(extra)}llrlrr}}\n\\toprule\n{head}Arch & Dataset & $\\eta$ & Det. epoch & "
+            f"Alert rate & $h$ \\\\\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}\n")
+
+
+def _latex(text) -> str:
+    return str(text).replace("_", "\\_")
 
 
 def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
@@ -71,8 +87,10 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
 
     made = []
     colours = {0.25: "tab:orange", 0.4: "tab:red", 0.6: "tab:purple"}
+    label = results.labels.get
     for d in results.detections:
         e = d.ensemble
+        name = label(e.configuration, e.configuration)
         tag = f"{e.configuration}_{e.layer}".replace("/", "-")
         fig, ax = plt.subplots(figsize=(7, 3.6))
         ax.fill_between(e.epochs, d.mu0 - d.sigma0, d.mu0 + d.sigma0, color="tab:blue", alpha=0.25,
@@ -85,9 +103,9 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         # early-training spikes dwarf the rest on a linear axis: symmetric log above the typical level
         typical = float(np.nanmedian(np.abs(d.mu0))) if np.isfinite(d.mu0).any() else 1.0
         ax.set_yscale("symlog", linthresh=max(typical, 1e-6))
-        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{e.configuration}: layer-wise trace")
+        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{name}: layer-wise trace")
         ax.legend(fontsize=7)
-        made.append((f"{e.configuration}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
+        made.append((f"{name}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
 
         fig, ax = plt.subplots(figsize=(7, 3.2))
         stat = np.maximum(d.path.upper, d.path.lower)
@@ -98,16 +116,16 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
             if d.path.first_alert[i] >= 0:
                 ax.plot(e.epochs[d.path.first_alert[i]], stat[i, d.path.first_alert[i]], "kx")
         ax.axhline(d.calibration.h, color="k", ls="--", lw=0.8, label=f"h = {d.calibration.h:.2f}")
-        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{e.configuration}: CUSUM (x: first alert)")
+        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{name}: CUSUM (x: first alert)")
         ax.legend(fontsize=7)
-        made.append((f"{e.configuration}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
+        made.append((f"{name}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     labels, data = [], []
     for d in results.detections:
         for eta in sorted(set(d.ensemble.eta)):
             epochs = d.detection_epoch[d.ensemble.eta == eta]
-            labels.append(f"{d.ensemble.configuration}\n{eta:.2f}")
+            labels.append(f"{label(d.ensemble.configuration, d.ensemble.configuration)}\n{eta:.2f}")
             data.append(epochs[np.isfinite(epochs)])
     for i, values in enumerate(data):
         ax.plot(np.full(len(values), i), values, "o", alpha=0.5, ms=4)
@@ -127,9 +145,9 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_yticks(range(len(layers)), layers, fontsize=6)
         ax.set_xticks(range(len(etas)), [f"{e:.2f}" for e in etas])
-        ax.set(xlabel="eta", title=f"{configuration}: Cohen's d")
+        ax.set(xlabel="eta", title=f"{label(configuration, configuration)}: Cohen's d")
         fig.colorbar(image, ax=ax)
-        made.append((f"{configuration}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
+        made.append((f"{label(configuration, configuration)}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
     return made
 
 
@@ -148,8 +166,9 @@ def _html(results: Results, figures: list[tuple[str, Path]]) -> str:
     def proportion(p):
         return f"{p['count']}/{p['n']} = {p['rate']:.3f} (Wilson 95%: {p['wilson_low']:.3f}, {p['wilson_high']:.3f})"
 
-    head = "".join(f"<th>{c}</th>" for c in TABLE1)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in TABLE1) + "</tr>" for r in results.table1)
+    columns = _columns(TABLE1, results.axes)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in results.table1)
     images = "".join(
         f"<figure><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, p in figures
@@ -175,6 +194,11 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 <h2>Calibration</h2><p>{html.escape(s['calibration_method'])}</p>
 <h2>Notes</h2><ul>{notes}</ul></body></html>
 """
+
+
+def _columns(columns: list[str], axes: list[str]) -> list[str]:
+    """A table's columns with a column per grid axis after the configuration."""
+    return [columns[0], *axes, *columns[1:]]
 
 
 def _cell(value) -> str:
@@ -219,11 +243,11 @@ def prepare(out: str | Path) -> Path:
 def write(results: Results, out: str | Path) -> Path:
     """Write every output into ``out``; return the path of report.html."""
     out = prepare(out)
-    _csv(out / "table1.csv", TABLE1, results.table1)
-    (out / "table1.md").write_text(table1_markdown(results.table1))
-    (out / "table1.tex").write_text(table1_latex(results.table1))
-    _csv(out / "cohens_d.csv", COHENS_D, results.cohens_d)
-    _csv(out / "sensitivity.csv", SENSITIVITY, results.sensitivity)
+    _csv(out / "table1.csv", _columns(TABLE1, results.axes), results.table1)
+    (out / "table1.md").write_text(table1_markdown(results.table1, results.axes))
+    (out / "table1.tex").write_text(table1_latex(results.table1, results.axes))
+    _csv(out / "cohens_d.csv", _columns(COHENS_D, results.axes), results.cohens_d)
+    _csv(out / "sensitivity.csv", _columns(SENSITIVITY, results.axes), results.sensitivity)
     (out / "summary.json").write_text(json.dumps(_plain(results.summary), indent=1))
     figures = _figures(results, out)
     (out / "report.html").write_text(_html(results, figures))

@@ -96,7 +96,7 @@ EXPORT_COLUMNS = ["run_id", "sweep_id", "configuration", "axes", "arch", "datase
 def record(identity: dict, **fields) -> dict:
     """A full record: ``identity`` (the IDENTITY columns), status ``pending`` and no data,
     with ``fields`` replacing any of the rest."""
-    missing = [name for name, _ in IDENTITY if name not in identity]
+    missing = [name for name, _ in IDENTITY if name not in identity and name not in ADDED]
     if missing:
         raise ValueError(f"a run's identity lacks {missing}")
     empty = {"status": "pending", "attempt": 0, "host": None, "device": None, "started_at": None, "ended_at": None,
@@ -105,4 +105,4 @@ def record(identity: dict, **fields) -> dict:
     unknown = set(fields) - set(empty)
     if unknown:
         raise ValueError(f"unknown record fields {sorted(unknown)}")
-    return {**{name: identity[name] for name, _ in IDENTITY}, **empty, **fields}
+    return {**{name: identity.get(name) for name, _ in IDENTITY}, **empty, **fields}

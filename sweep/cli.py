@@ -231,7 +231,7 @@ def analyze(words: list[str]) -> int:
     )
     page = report.write(results, out)
     s = results.summary
-    print(report.table1_markdown(results.table1))
+    print(report.table1_markdown(results.table1, results.axes))
     for name in ("power", "false_alarm"):
         p = s[name]
         print(f"{name.replace('_', '-')}: {p['count']}/{p['n']} = {p['rate']:.3f} "

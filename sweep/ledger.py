@@ -153,6 +153,7 @@ class RunState:
     dataset: str | None
     eta: float | None
     configuration: str | None
+    axes: str  # the grid.axes values, "key=value key=value" ("" without axes)
     state: str  # one of STATES
     attempt: int
     step: int
@@ -174,7 +175,7 @@ def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float
         if health.damaged:
             result.append(RunState(health.run_id, *(None if row is None else row[k] for k in
                                                      ("arch", "dataset", "eta", "configuration")),
-                                   "damaged", (row or {}).get("attempt") or 0, (row or {}).get("step") or 0,
+                                   _axes(row), "damaged", (row or {}).get("attempt") or 0, (row or {}).get("step") or 0,
                                    (row or {}).get("total_steps"), str(health.problems[0]), None))
             continue
         age = None
@@ -183,6 +184,11 @@ def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float
             age = (clock - row["heartbeat_at"]).total_seconds() if row["heartbeat_at"] else None
             if age is None or age > stale_after:
                 state = "stuck"
-        result.append(RunState(health.run_id, row["arch"], row["dataset"], row["eta"], row["configuration"], state,
+        result.append(RunState(health.run_id, row["arch"], row["dataset"], row["eta"], row["configuration"],
+                               _axes(row), state,
                                row["attempt"], row["step"], row["total_steps"], row["error"], age))
     return result
+
+
+def _axes(record: dict | None) -> str:
+    return " ".join(f"{key}={value}" for key, value in ((record or {}).get("axes") or []))

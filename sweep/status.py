@@ -20,24 +20,28 @@ def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tup
     lines = [f"{store.uri}: sweep {chosen.label}, {len(chosen.run_ids)} runs"
              + (f" (other sweeps here: {', '.join(others)}; pass sweep=ID or sweep=all)" if others else "")]
     lines += [f"note: {note}" for note in chosen.notes]
-    by_pair = defaultdict(set)
+    # a row per arch, dataset, axis values and eta; the configuration is shown only where
+    # those leave several apart (runs that differ in a preset's settings)
+    by_name = defaultdict(set)
     for run in runs:
-        by_pair[(run.arch, run.dataset)].add(run.configuration)
-    several = any(len(c) > 1 for c in by_pair.values())  # then the configuration tells the rows apart
+        by_name[(run.arch, run.dataset, run.axes)].add(run.configuration)
+    several = any(len(c) > 1 for c in by_name.values())
+    axes = any(run.axes for run in runs)
     groups: dict[tuple, Counter] = defaultdict(Counter)
     steps: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for run in runs:
-        key = (run.arch or "?", run.dataset or "?", run.configuration if several else "", run.eta)
+        key = (run.arch or "?", run.dataset or "?", run.axes, run.configuration if several else "", run.eta)
         groups[key][run.state] += 1
         steps[key][0] += run.step or 0
         steps[key][1] += run.total_steps or 0
-    config = f"{'configuration':<32} " if several else ""
+    width = max([len(k[2]) for k in groups] + [4])
+    config = (f"{'axes':<{width}} " if axes else "") + (f"{'configuration':<32} " if several else "")
     lines.append(f"{'arch':<10} {'dataset':<9} {config}{'eta':>5} " + " ".join(f"{s:>8}" for s in STATES)
                  + "  steps done/total")
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2] or "", -1 if k[3] is None else k[3])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "", -1 if k[4] is None else k[4])):
         counts, (done, total) = groups[key], steps[key]
-        eta = "?" if key[3] is None else f"{key[3]:.2f}"
-        label = f"{key[2] or '?':<32} " if several else ""
+        eta = "?" if key[4] is None else f"{key[4]:.2f}"
+        label = (f"{key[2]:<{width}} " if axes else "") + (f"{key[3] or '?':<32} " if several else "")
         lines.append(f"{key[0]:<10} {key[1]:<9} {label}{eta:>5} " + " ".join(f"{counts[s]:>8}" for s in STATES)
                      + f"  {done}/{total or '?'}")
     totals = Counter(run.state for run in runs)

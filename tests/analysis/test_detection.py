@@ -9,7 +9,10 @@ from tests.analysis.synthetic import trajectories
 
 
 def load(table, heads=None):
-    return Trajectories(table, heads if heads is not None else {"resnet18": "head"}, "synthetic")
+    """Trajectories with the head of each arch in ``heads`` (the store keeps one per configuration)."""
+    heads = heads if heads is not None else {"resnet18": "head"}
+    pairs = set(zip(table["configuration"].to_pylist(), table["arch"].to_pylist()))
+    return Trajectories(table, {c: heads[a] for c, a in pairs if a in heads}, "synthetic")
 
 
 def test_a_clean_runs_own_trajectory_never_enters_its_baseline():

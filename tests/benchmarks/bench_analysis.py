@@ -38,7 +38,7 @@ def main() -> int:
         rows = paper_sized(path)
         start = time.perf_counter()
         traj = inputs.from_parquet(str(path))
-        traj.heads = {arch: "head" for arch, _ in CONFIGS}
+        traj.heads = {c: "head" for c in set(traj.table["configuration"].to_pylist())}
         read = time.perf_counter()
         results = analyze(traj)
         computed = time.perf_counter()
