@@ -20,6 +20,8 @@ the chain gives 167.7 and 465.4 (tests).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,14 +67,18 @@ def cusum(z: np.ndarray, *, k: float, h: float) -> CusumPath:
 
 
 def one_sided_arl(cdf: Callable[[np.ndarray], np.ndarray], *, k: float, h: float, states: int = STATES) -> float:
-    """Brook-Evans ARL of S_t = max(0, S_{t-1} + z_t - k), alert when S > h, from S_0 = 0."""
+    """Brook-Evans ARL of S_t = max(0, S_{t-1} + z_t - k), alert when S > h, from S_0 = 0;
+    infinite when S can never pass h (z - k is never large enough: I - Q is singular)."""
     w = 2.0 * h / (2 * states - 1)
     centre = np.arange(states) * w
     # z needed to move from state i to just below the upper edge of state j: (j + 1/2) w - i w + k
     edges = (np.arange(states) + 0.5)[None, :] * w - centre[:, None] + k
     below = cdf(edges)  # P(next state <= j | state i)
     q = np.diff(np.concatenate([np.zeros((states, 1)), below], axis=1), axis=1)
-    arl = np.linalg.solve(np.eye(states) - q, np.ones(states))
+    try:
+        arl = np.linalg.solve(np.eye(states) - q, np.ones(states))
+    except np.linalg.LinAlgError:
+        return math.inf
     return float(arl[0])
 
 
@@ -81,7 +87,8 @@ def two_sided_arl(cdf_upper, cdf_lower, *, k: float, h: float, states: int = STA
     ``cdf_lower`` is the distribution function of -z."""
     plus = one_sided_arl(cdf_upper, k=k, h=h, states=states)
     minus = one_sided_arl(cdf_lower, k=k, h=h, states=states)
-    return 1.0 / (1.0 / plus + 1.0 / minus)
+    rate = 1.0 / plus + 1.0 / minus  # 1 / inf = 0: a side that never alerts
+    return math.inf if rate == 0 else 1.0 / rate
 
 
 def normal_cdf(x: np.ndarray) -> np.ndarray:
@@ -152,9 +159,11 @@ def calibrate(z_in_control: np.ndarray, *, k: float = 0.5, arl0: float = 1000.0,
         raise ValueError(f"arl0={arl0} must exceed 1 snapshot")
     upper, lower = smoothed_ecdf(values)
 
-    def arl(h):
-        return two_sided_arl(upper, lower, k=k, h=h, states=states)
+    def arl(h):  # finite, for the root finder: a rule that never alerts has "ARL" 1e300
+        return min(two_sided_arl(upper, lower, k=k, h=h, states=states), 1e300)
 
+    if arl(0.0) >= arl0:  # in control, z never exceeds k by enough to matter: any excess is out of control
+        return Calibration(h=0.0, arl0=arl(0.0), k=k, n_values=len(values), method=METHOD)
     high = 1.0
     while arl(high) < arl0:  # bracket: ARL0(h) increases with h
         high *= 2

@@ -76,3 +76,13 @@ def test_calibration_is_deterministic_and_monotone_in_the_target():
 def test_calibration_refuses_too_few_values():
     with pytest.raises(ValueError, match="at least 10 in-control z values, got 3"):
         calibrate(np.array([0.1, -0.2, np.nan, 0.3]))
+
+
+def test_a_rule_that_can_never_alert_in_control_gets_h_zero_not_a_crash():
+    # |z| <= 0.3 with k = 1: neither CUSUM side ever leaves 0 (I - Q is singular: the ARL is
+    # infinite at every h), so in control nothing alerts whatever h is; h = 0 makes any excess an alert.
+    z = np.random.default_rng(0).uniform(-0.3, 0.3, 12)
+    calibration = calibrate(z, k=1.0, arl0=1000)
+    assert calibration.h == 0.0 and calibration.arl0 >= 1000
+    assert cusum(z[None], k=1.0, h=0.0).first_alert[0] == -1
+    assert cusum(np.array([[0.0, 1.2]]), k=1.0, h=0.0).first_alert[0] == 1
