@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.cusum import METHOD
+from analysis.cusum import METHOD, CalibrationError
 from analysis.detection import MIN_CLEAN, Detection, autocorrelation, detect, early_false_alarms, table_rows
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
 from analysis.intervals import cohens_d, wilson
@@ -98,12 +98,21 @@ def analyze(
                 notes.append(f"{configuration}: {n_clean} clean runs, fewer than the {MIN_CLEAN} that leave-one-out "
                              "calibration needs; skipped")
                 break
-            d = detect(e, k=k, arl0=arl0)
+            try:
+                d = detect(e, k=k, arl0=arl0)
+            except CalibrationError as err:
+                notes.append(f"{configuration} layer {name}: {err}; skipped (more clean runs or snapshots give a "
+                             "steadier baseline)")
+                break
             config_detections.append(d)
             table1 += table_rows(d)
             for sk in ks:
                 for sa in arl0s:
-                    alt = d if (sk, sa) == (k, arl0) else detect(e, k=sk, arl0=sa)
+                    try:
+                        alt = d if (sk, sa) == (k, arl0) else detect(e, k=sk, arl0=sa)
+                    except CalibrationError as err:
+                        notes.append(f"{configuration} layer {name}: sensitivity at k={sk}, arl0={sa}: {err}")
+                        continue
                     power, false_alarm = _pooled([alt])
                     sensitivity.append({
                         "configuration": configuration, "arch": arch, "dataset": dataset, "layer": name,

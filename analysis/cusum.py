@@ -123,6 +123,10 @@ def smoothed_ecdf(values: np.ndarray, *, grid: int = 4001) -> tuple[Callable, Ca
     return cdf, cdf_of_minus
 
 
+class CalibrationError(ValueError):
+    """In-control values that no threshold calibrates; the message says why."""
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A threshold h with the ARL0 it gives, for reference value k."""
@@ -154,7 +158,7 @@ def calibrate(z_in_control: np.ndarray, *, k: float = 0.5, arl0: float = 1000.0,
     values = np.asarray(z_in_control, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < 10:
-        raise ValueError(f"calibration needs at least 10 in-control z values, got {len(values)}")
+        raise CalibrationError(f"calibration needs at least 10 in-control z values, got {len(values)}")
     if not arl0 > 1:
         raise ValueError(f"arl0={arl0} must exceed 1 snapshot")
     upper, lower = smoothed_ecdf(values)
@@ -167,7 +171,8 @@ def calibrate(z_in_control: np.ndarray, *, k: float = 0.5, arl0: float = 1000.0,
     high = 1.0
     while arl(high) < arl0:  # bracket: ARL0(h) increases with h
         high *= 2
-        if high > 1e4:
-            raise ValueError(f"no threshold reaches ARL0={arl0} for these z values (k={k})")
+        if high > 1e9:  # z drifts so far from 0 in control that S grows by more than 1e6 per snapshot
+            raise CalibrationError(f"no threshold h <= 1e9 reaches ARL0={arl0} for these in-control z values "
+                                   f"(k={k})")
     h = optimize.brentq(lambda x: np.log(arl(x) / arl0), 0.0, high, xtol=1e-8, rtol=1e-10)
     return Calibration(h=h, arl0=arl(h), k=k, n_values=len(values), method=METHOD)

@@ -36,7 +36,7 @@ def median_seconds(fn, reps: int) -> float:
 
 def bench(arch: str, width: float, batch: int, *, probes: int, naive_probes: int, reps: int, naive_reps: int) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=10, width=width)
+    model, _ = build_model({"name": arch, "width": width}, num_classes=10, in_channels=3)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     criterion = nn.CrossEntropyLoss()
     num_params = sum(p.numel() for p in model.parameters())

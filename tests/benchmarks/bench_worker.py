@@ -55,7 +55,7 @@ def throughput(steps: int = 30, batch: int = 128, width: float = 0.125) -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (steps * batch, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (steps * batch,), generator=g)
-    model = build_model("resnet18", num_classes=10, width=width)
+    model, _ = build_model({"name": "resnet18", "width": width}, num_classes=10, in_channels=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step(x, y):
