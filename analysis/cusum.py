@@ -21,7 +21,6 @@ the chain gives 167.7 and 465.4 (tests).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -145,9 +145,10 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_yticks(range(len(layers)), layers, fontsize=6)
         ax.set_xticks(range(len(etas)), [f"{e:.2f}" for e in etas])
-        ax.set(xlabel="eta", title=f"{label(configuration, configuration)}: Cohen's d")
+        name = label(configuration, configuration)
+        ax.set(xlabel="eta", title=f"{name}: Cohen's d")
         fig.colorbar(image, ax=ax)
-        made.append((f"{label(configuration, configuration)}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
+        made.append((f"{name}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
     return made
 
 

@@ -88,8 +88,9 @@ def _set(config: dict, key: str, value) -> None:
     node = config
     for i, section in enumerate(sections):
         if not isinstance(node.get(section), dict):
+            known = ", ".join(k for k, v in node.items() if isinstance(v, dict))
             raise RunConfigError(f"{'.'.join(sections[: i + 1])} is not a section of the run config, so {key} "
-                                 f"cannot be set; its sections: {', '.join(k for k, v in node.items() if isinstance(v, dict))}")
+                                 f"cannot be set; its sections: {known}")
         node = node[section]
     node[last] = value
 

@@ -80,4 +80,5 @@ def check_keywords(function: Callable, given: dict, *, where: str, supplied: tup
     missing = [k for k, p in named.items() if p.default is inspect.Parameter.empty and k not in given
                and k not in supplied]
     if missing:
-        raise TargetError(f"{where}: {own} needs {', '.join(missing)}; set {', '.join(f'{where}.{k}' for k in missing)}")
+        keys = ", ".join(f"{where}.{k}" for k in missing)
+        raise TargetError(f"{where}: {own} needs {', '.join(missing)}; set {keys}")
