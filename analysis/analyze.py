@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +65,14 @@ def effect_sizes(traj, configuration, arch, dataset, *, window, resamples, rng_s
                          "d": float(effect.d[j]), "ci_low": float(effect.ci_low[j]),
                          "ci_high": float(effect.ci_high[j]), "n_clean": effect.n_clean, "n_noisy": effect.n_noisy})
     return rows, notes
+
+
+def _sortable(text: str) -> tuple:
+    """An axis value (JSON text) as a sort key: numbers by value, before anything else."""
+    try:
+        return (0, float(json.loads(text)), "")
+    except (ValueError, TypeError):
+        return (1, 0.0, text)
 
 
 def _pooled(detections: list[Detection]) -> tuple[dict, dict]:
@@ -148,6 +157,10 @@ def analyze(
     keys = traj.axis_keys()
     for row in (*table1, *cohens, *sensitivity):
         row.update({key: traj.axes.get(row["configuration"], {}).get(key, "") for key in keys})
+    order = {c: (arch, dataset, *(_sortable(traj.axes.get(c, {}).get(key, "")) for key in keys), c)
+             for c, arch, dataset in configurations(traj)}
+    for rows in (table1, cohens, sensitivity):  # configurations by arch, dataset and axis values; stable within
+        rows.sort(key=lambda row: order[row["configuration"]])
     for configuration, values in summary["configurations"].items():
         values["axes"] = traj.axes.get(configuration, {})
     labels = {c: traj.label(c) for c in summary["configurations"]}

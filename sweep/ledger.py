@@ -110,7 +110,8 @@ def rewrite_manifest(store: Store, damaged: DamagedFile, cluster: dict, *, known
 
 def _from_checkpoints(store: Store, run_ids: set[str], siblings: dict[str, dict]) -> dict[str, dict]:
     """Configs of runs whose record is unreadable, from their checkpoint's content and a
-    sibling's runtime section; kept only when the content hashes to the run's own id."""
+    sibling's runtime section (with the run's own values of the sweep's axes); kept only
+    when the content hashes to the run's own id."""
     if not run_ids or not siblings:
         return {}
     import json
@@ -126,9 +127,17 @@ def _from_checkpoints(store: Store, run_ids: set[str], siblings: dict[str, dict]
         if content is None:
             continue
         config = {**json.loads(content), "runtime": dict(runtime)}
+        config["runtime"]["axes"] = {key: _value(config, key) for key in runtime.get("axes") or {}}  # its own
         if run_id(config) == rid:
             found[rid] = config
     return found
+
+
+def _value(config: dict, key: str):
+    """The value at a dotted key of a run config (None where there is none)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def repair(store: Store, run_ids: list[str], *, out) -> int:

@@ -4,8 +4,12 @@ A run receives a plain nested dict (Hydra resolves it in ``sweep``; nothing here
 imports Hydra). Everything except the ``runtime`` section is the run's *content*:
 what it computes. The run id is a hash of the content, so the same run launched
 twice is one run, and a changed config is a new run, never mixed with an old one.
-``runtime`` holds where and how it runs (data folder, device, threads, sweep id),
-which must not change what it computes.
+``runtime`` holds where and how it runs (data folder, device, threads, sweep id,
+import path, the sweep's axis values), which must not change what it computes.
+
+``arch`` and ``dataset`` name a built-in (``name``) or a user's callable
+(``_target_``); either way their other keys are the callable's keyword arguments,
+checked against its signature (``workers.models.architecture``, ``workers.datasets.dataset``).
 """
 
 from __future__ import annotations

@@ -76,3 +76,28 @@ def test_run_ids_follow_content():
 def test_bad_sweeps_are_refused_whole(overrides, message):
     with pytest.raises(ConfigError, match=message):
         expand(overrides)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own-sweep"
+
+
+def test_the_readme_example_crosses_its_axes_with_the_paper_structure():
+    sweep = expand(["experiment=lr_width"], user_dir=EXAMPLE)
+    assert len(sweep.runs) == 4 * (8 + 2 * 4)
+    cells = Counter((c["train"]["lr"], c["arch"]["width"], c["eta"]) for c in sweep.runs.values())
+    assert cells == {(lr, w, eta): (8 if eta == 0 else 4) for lr in (0.1, 0.02) for w in (0.5, 1.0)
+                     for eta in (0.0, 0.4, 0.6)}
+    one = next(iter(sweep.runs.values()))
+    assert one["arch"]["_target_"] == "small_cnn.small_cnn" and one["runtime"]["pythonpath"] == [str(EXAMPLE)]
+    assert {tuple(c["runtime"]["axes"]) for c in sweep.runs.values()} == {("train.lr", "arch.width")}
+    assert (one["train"]["epochs"], one["monitor"]["every"]) == (30, 10)  # from the preset, not the dataset
+    from workers.run_config import configuration
+
+    assert len({configuration(c) for c in sweep.runs.values()}) == 4
+
+
+def test_the_digits_no_longer_change_the_monitoring_cadence():
+    from sweep.config import compose_config
+
+    digits, cifar = compose_config(["dataset=digits"]), compose_config(["dataset=cifar10"])
+    assert digits["monitor"] == cifar["monitor"] and digits["train"] == cifar["train"]
