@@ -167,7 +167,7 @@ def preflight(sweep: Sweep) -> None:
         from workers.models import ModelError, build_model
         from workers.run_config import RunConfigError, check_batch_sizes
 
-        shapes = {}  # dataset config -> (num_classes, in_channels)
+        shapes = {}  # dataset config -> (num_classes, in_channels, training images)
         for config in _distinct(sweep.runs.values(), "dataset"):
             section, root = config["dataset"], config["runtime"]["data_root"]
             try:
@@ -175,15 +175,19 @@ def preflight(sweep: Sweep) -> None:
                 check_present(section, root)
                 if entry.num_classes is None:  # a user's loader: load it once and check what it returns
                     data = load_dataset(section, root)
-                    check_batch_sizes(config, len(data.train_labels))
-                    shapes[_key(section)] = (data.num_classes, data.in_channels)
+                    shapes[_key(section)] = (data.num_classes, data.in_channels, len(data.train_labels))
                 else:
-                    shapes[_key(section)] = (entry.num_classes, entry.in_channels)
-            except (DatasetError, RunConfigError) as err:
+                    shapes[_key(section)] = (entry.num_classes, entry.in_channels, entry.train_size)
+            except DatasetError as err:
                 raise ConfigError(f"dataset {section['name']}: {err} (cluster.check_data=false skips this check "
                                   "on the launching machine)") from None
+        for config in sweep.runs.values():  # the batch sizes, which an axis may vary, against what was loaded
+            try:
+                check_batch_sizes(config, shapes[_key(config["dataset"])][2])
+            except RunConfigError as err:
+                raise ConfigError(f"dataset {config['dataset']['name']}: {err}") from None
         for config in _distinct(sweep.runs.values(), "arch", "dataset"):
-            num_classes, in_channels = shapes[_key(config["dataset"])]
+            num_classes, in_channels, _ = shapes[_key(config["dataset"])]
             try:
                 _build_once(config["arch"], num_classes=num_classes, in_channels=in_channels, build=build_model)
             except ModelError as err:

@@ -100,6 +100,8 @@ ARCHIVES = {
         std=(0.2673, 0.2564, 0.2762),
     ),
 }
+
+
 def _archive(name: str) -> Archive:
     if name not in ARCHIVES:
         downloadable = ", ".join(ARCHIVES)
@@ -340,7 +342,7 @@ RESERVED = ("name", "_target_", "crop_padding", "flip")  # dataset keys that are
 def dataset(config: dict | str) -> Dataset:
     """The entry a dataset config (or a built-in's name) chooses: a built-in by name, or its
     ``_target_`` (called with the config's other keys; the result is checked by ``image_data``)."""
-    config = {"name": config} if isinstance(config, str) else config
+    config = _as_config(config)
     if "_target_" not in config:
         if config.get("name") not in DATASETS:
             raise DatasetError(f"dataset.name={config.get('name')!r} is not allowed: it must be one of "
@@ -361,10 +363,14 @@ def dataset(config: dict | str) -> Dataset:
     return Dataset(load, None, None, None, needs_root=False)
 
 
+def _as_config(config: dict | str) -> dict:
+    return {"name": config} if isinstance(config, str) else config
+
+
 def load_dataset(config: dict | str, root: str | Path | None = None) -> ImageData:
     """The dataset a dataset config (or a built-in's name) describes, from the data folder
     ``root`` when it needs one."""
-    config = {"name": config} if isinstance(config, str) else config
+    config = _as_config(config)
     entry = dataset(config)
     if entry.needs_root and root is None:
         raise DatasetError(f"{config['name']} needs a data folder: pass runtime.data_root=DIR (fill it with "
@@ -374,7 +380,7 @@ def load_dataset(config: dict | str, root: str | Path | None = None) -> ImageDat
 
 def check_present(config: dict | str, root: str | Path | None) -> None:
     """Raise DatasetError unless the dataset's files are under ``root`` (cheap: no reading)."""
-    config = {"name": config} if isinstance(config, str) else config
+    config = _as_config(config)
     entry = dataset(config)
     if entry.needs_root:
         if root is None:

@@ -71,6 +71,10 @@ def attempts(store):
     return {r["run_id"]: (r["status"], r["attempt"]) for r in store.runs().to_pylist()}
 
 
+def attempts_and_steps(store):
+    return {r["run_id"]: (r["status"], r["attempt"], r["step"]) for r in store.runs().to_pylist()}
+
+
 def test_launch_status_and_a_second_launch_that_runs_nothing(tmp_path):
     store_path = str(tmp_path / "smoke")
     first = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
@@ -121,7 +125,9 @@ def test_two_launches_racing_on_one_store_run_nothing_twice(tmp_path):
 
 def test_a_driver_killed_with_sigkill_is_completed_by_resume(tmp_path):
     store_path = str(tmp_path / "s")
-    args = ["experiment=smoke", "train.epochs=6", f"store={store_path}"]
+    # Runs long enough that none can finish in the ~1.5 s the killed driver's Ray workers
+    # go on for (their commits then stop): at 6 epochs they did, and resume had nothing left.
+    args = ["experiment=smoke", "train.epochs=20", f"store={store_path}"]
     driver = start_sweep_cli("launch", *args)
 
     def some_run_is_midway():
@@ -133,6 +139,12 @@ def test_a_driver_killed_with_sigkill_is_completed_by_resume(tmp_path):
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything in its session
     driver.wait()
     store = Store.open(store_path)
+    quiet_since, last = time.monotonic(), None
+    while time.monotonic() - quiet_since < 3.0:  # until the orphaned workers have stopped writing
+        now = attempts_and_steps(store)
+        if now != last:
+            quiet_since, last = time.monotonic(), now
+        time.sleep(0.2)
     assert any(status == "running" for status, _ in attempts(store).values())
     status = sweep_cli("status", f"store={store_path}", "stale_after=0")
     assert "stuck runs" in status.stdout and "sweep resume" in status.stdout
