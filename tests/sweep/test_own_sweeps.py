@@ -208,7 +208,8 @@ def test_an_installed_copy_finds_its_presets_without_the_checkout(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                             "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
-    assert (target / "sweep" / "conf" / "experiment" / "paper.yaml").is_file()
+    shipped = {p.relative_to(target / "sweep" / "conf") for p in (target / "sweep" / "conf").rglob("*.yaml")}
+    assert shipped == {p.relative_to(root / "conf") for p in (root / "conf").rglob("*.yaml")}  # every group
     probe = textwrap.dedent("""
         import sweep.config, sweep.grid
         print(sweep.config.CONF_DIR)
