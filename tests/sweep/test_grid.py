@@ -101,3 +101,10 @@ def test_the_digits_no_longer_change_the_monitoring_cadence():
 
     digits, cifar = compose_config(["dataset=digits"]), compose_config(["dataset=cifar10"])
     assert digits["monitor"] == cifar["monitor"] and digits["train"] == cifar["train"]
+
+
+def test_axes_can_be_given_on_the_command_line():
+    sweep = expand(["experiment=smoke", "++grid.axes={train.lr:[0.1,0.05]}"])  # ++: add or replace
+    assert len(sweep.runs) == 8
+    assert sorted(c["train"]["lr"] for c in sweep.runs.values()) == [0.05] * 4 + [0.1] * 4
+    assert set(expand(["experiment=smoke"]).runs) < set(sweep.runs)  # lr 0.1 is the smoke runs themselves
