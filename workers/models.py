@@ -128,14 +128,18 @@ class Architecture:
 
     factory: Callable[..., nn.Module]
     head: str | None = None
+    # F1 holds: the output is piecewise linear in each group's own parameters, so every
+    # diagonal Hessian block equals its Gauss-Newton block (docs/estimator.md; checked
+    # densely for the built-ins in tests/workers/test_exact_curvature.py)
+    piecewise_linear: bool = False
 
 
 # The built-in choices, by ``arch.name``. ``arch._target_: package.module.factory``
 # makes a user's own entry of the same kind (``architecture`` below).
 ARCHITECTURES: dict[str, Architecture] = {
-    "resnet18": Architecture(resnet18, head="linear"),
-    "resnet34": Architecture(resnet34, head="linear"),
-    "vgg11": Architecture(vgg11, head="classifier"),
+    "resnet18": Architecture(resnet18, head="linear", piecewise_linear=True),
+    "resnet34": Architecture(resnet34, head="linear", piecewise_linear=True),
+    "vgg11": Architecture(vgg11, head="classifier", piecewise_linear=True),
 }
 RESERVED = ("name", "_target_", "head")  # arch keys that are not keyword arguments of the factory
 SUPPLIED = ("num_classes", "in_channels")  # what every factory is called with, from the dataset
@@ -147,7 +151,8 @@ def architecture(arch: dict) -> Architecture:
         entry = Architecture(import_target(arch["_target_"], where="arch._target_"), head=arch.get("head"))
     elif arch.get("name") in ARCHITECTURES:
         builtin = ARCHITECTURES[arch["name"]]
-        entry = Architecture(builtin.factory, head=arch.get("head") or builtin.head)
+        entry = Architecture(builtin.factory, head=arch.get("head") or builtin.head,
+                             piecewise_linear=builtin.piecewise_linear)
     else:
         raise ModelError(f"arch.name={arch.get('name')!r} is not allowed: it must be one of "
                          f"{', '.join(ARCHITECTURES)}, or give arch._target_=package.module.factory")

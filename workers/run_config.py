@@ -26,6 +26,8 @@ from workers.datasets import DatasetError, dataset
 from workers.models import ModelError, architecture
 from workers.targets import TargetError, add_import_paths
 
+ESTIMATORS = ("hessian", "ggn")  # monitor.estimator: workers.curvature.layerwise_trace or ggn_trace
+
 
 class RunConfigError(ValueError):
     """A run config that cannot run; the message names the key and the fix."""
@@ -67,6 +69,8 @@ SCHEMA = {
         "groups": (str, lambda v: v in ("module", "parameter"), "module or parameter"),
         "hvp": (str, lambda v: v in MECHANISMS, f"one of {', '.join(MECHANISMS)}"),
         "block_frobenius": _BOOL,
+        "estimator": (str, lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
+        "head": (str, lambda v: v in ("probes", "exact"), "probes or exact"),
     },
     "runtime": {
         "data_root": ((str, type(None)), lambda v: True, "a folder path or null"),
@@ -78,9 +82,10 @@ SCHEMA = {
         "axes": (dict, lambda v: all(isinstance(k, str) for k in v), "a mapping of dotted keys to values"),
     },
 }
-# runtime keys added after runs were first stored: a config without them (in an older
-# manifest) gets these, which change nothing the run computes.
-RUNTIME_DEFAULTS = {"pythonpath": None, "axes": {}}
+# Keys added after runs were first stored, with the value that does what runs did before
+# them: a config without them (an older manifest) gets these, and at these values the
+# monitor's keys are left out of the run's content, so every stored run keeps its id.
+ADDED_DEFAULTS = {"runtime": {"pythonpath": None, "axes": {}}, "monitor": {"estimator": "hessian", "head": "probes"}}
 TOP_LEVEL = {
     "eta": ((int, float), lambda v: 0 <= v < 1, "a label-noise rate in [0, 1); the paper uses 0, 0.25, 0.40, 0.60"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
@@ -116,7 +121,8 @@ def validate(config: dict) -> dict:
     for section in (*SCHEMA, "arch", "dataset"):
         if not isinstance(config.get(section), dict):
             raise RunConfigError(f"the run config has no {section!r} section")
-    config["runtime"] = {**RUNTIME_DEFAULTS, **config["runtime"]}
+    for section, defaults in ADDED_DEFAULTS.items():
+        config[section] = {**defaults, **config[section]}
     for section, rules in SCHEMA.items():
         values = config[section]
         for key in values:
@@ -139,6 +145,12 @@ def validate(config: dict) -> dict:
         )
     if entry.train_size is not None:  # a user's dataset: checked once loaded (sweep.grid.preflight, the worker)
         check_batch_sizes(config, entry.train_size)
+    monitor = config["monitor"]
+    if monitor["estimator"] == "ggn" and monitor["block_frobenius"]:
+        raise RunConfigError("monitor.block_frobenius=true needs Hessian-vector products: use it with "
+                             "monitor.estimator=hessian")
+    if monitor["head"] == "exact" and monitor["groups"] != "module":
+        raise RunConfigError("monitor.head=exact replaces the head module's row, which needs monitor.groups=module")
     return config
 
 
@@ -200,8 +212,19 @@ def check_batch_sizes(config: dict, train_size: int) -> None:
 
 
 def content(config: dict) -> dict:
-    """The part of a run config that decides what the run computes (all but ``runtime``)."""
-    return {key: value for key, value in config.items() if key != "runtime"}
+    """The part of a run config that decides what the run computes: all but ``runtime``,
+    and without the monitor keys that are at their ADDED_DEFAULTS.
+
+    >>> content({"monitor": {"every": 10, "estimator": "hessian"}, "runtime": {}})
+    {'monitor': {'every': 10}}
+    >>> content({"monitor": {"every": 10, "estimator": "ggn"}})
+    {'monitor': {'every': 10, 'estimator': 'ggn'}}
+    """
+    kept = {key: value for key, value in config.items() if key != "runtime"}
+    added = ADDED_DEFAULTS["monitor"]
+    if isinstance(kept.get("monitor"), dict):
+        kept["monitor"] = {k: v for k, v in kept["monitor"].items() if not (k in added and v == added[k])}
+    return kept
 
 
 def content_json(config: dict) -> str:

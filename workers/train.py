@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from store import RunWriter, Store
 from workers import checkpoint
-from workers.curvature import layerwise_trace
+from workers.curvature import ggn_trace, head_curvature, layerwise_trace
 from workers.curvature.trace import probe_mean, probe_stderr
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
-from workers.models import build_model
+from workers.models import architecture, build_model
 from workers.run_config import check_batch_sizes, content_json, identity, validate
 from workers.seeds import derive_seed, generator
 
@@ -55,6 +55,17 @@ def per_layer_rows(base: dict, layers: list[str], numel: list[int], quantity: st
     mean, stderr, columns = probe_mean(values).tolist(), probe_stderr(values).tolist(), values.T.tolist()
     return [{**base, "layer": name, "layer_index": i, "numel": numel[i], "quantity": quantity, "value": mean[i],
              "stderr": stderr[i], "probe_values": columns[i]} for i, name in enumerate(layers)]
+
+
+def exact_head(rows: list[dict], exact) -> list[dict]:
+    """Snapshot rows with the head layer's trace (and squared Frobenius norm) replaced by
+    their closed form (``head_curvature``): exact, so no standard error and no probe values.
+    The head block equals its Gauss-Newton block for any model, so its row is ``trace``."""
+    template = next(row for row in rows if row["layer"] == exact.head)
+    values = {"trace": exact.trace, "block_frobenius_sq": exact.frobenius_sq}
+    kept = [row for row in rows if not (row["layer"] == exact.head and row["quantity"] in (*values, "ggn_trace"))]
+    return kept + [{**template, "quantity": quantity, "value": value, "stderr": 0.0, "probe_values": []}
+                   for quantity, value in values.items()]
 
 
 def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | None = None) -> dict:
@@ -132,21 +143,32 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
         n = max(len(y_all), 1)
         return loss.item() / n, correct.item() / n  # CPU-GPU sync point, once per evaluation
 
+    f1 = architecture(arch).piecewise_linear  # H_ll = G_ll: the Gauss-Newton trace is the trace
+
     def snapshot(at: int) -> list[dict]:
         """Per-layer rows at step ``at``, on its own batch and probes: one set per quantity."""
         batch_rng = generator("snapshot-batch", seed, at, device=device)
         index = torch.randperm(data.num_train, generator=batch_rng, device=device)[: mon["batch_size"]]
-        result = layerwise_trace(
-            model, F.cross_entropy, inputs(data.train_images[index]), data.train_labels[index],
-            num_probes=mon["num_probes"], generator=generator("probes", seed, at, device=device),
-            groups=mon["groups"], distribution=mon["distribution"], hvp=mon["hvp"],
-            block_frobenius=mon["block_frobenius"],
-        )
+        x, y = inputs(data.train_images[index]), data.train_labels[index]
+        probes = generator("probes", seed, at, device=device)
+        if mon["estimator"] == "ggn":
+            result = ggn_trace(model, F.cross_entropy, x, y, num_probes=mon["num_probes"], generator=probes,
+                               groups=mon["groups"])
+        else:
+            result = layerwise_trace(model, F.cross_entropy, x, y, num_probes=mon["num_probes"], generator=probes,
+                                     groups=mon["groups"], distribution=mon["distribution"], hvp=mon["hvp"],
+                                     block_frobenius=mon["block_frobenius"])
         if result.nonfinite:
-            raise RunFailed(f"non-finite Hessian-vector product at step {at} in layers {result.nonfinite}")
+            raise RunFailed(f"non-finite curvature products at step {at} in layers {result.nonfinite}")
+        quantities = result.per_probe()
+        if f1 and "ggn_trace" in quantities:
+            quantities = {"trace": quantities.pop("ggn_trace"), **quantities}
         base = {"run_id": rid, "step": at, "epoch": at / steps_per_epoch}
-        return [row for quantity, values in result.per_probe().items()
+        rows = [row for quantity, values in quantities.items()
                 for row in per_layer_rows(base, result.layers, result.numel, quantity, values)]
+        if mon["head"] == "exact":
+            rows = exact_head(rows, head_curvature(model, x, head=head, spectrum=False))
+        return rows
 
     def metric_rows(at: int, scope: str, values: dict[str, float]) -> list[dict]:
         return [{"run_id": rid, "step": at, "epoch": at / steps_per_epoch, "scope": scope, "name": k,

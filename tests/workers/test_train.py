@@ -41,7 +41,8 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     store = Store.open(str(tmp_path / "s"), create=True)
     configs = [tiny_config("eta=0.25"), tiny_config("eta=0.25", "monitor.num_probes=3"),
                tiny_config("eta=0.25", "monitor.enabled=false"),
-               tiny_config("eta=0.25", "monitor.block_frobenius=true")]
+               tiny_config("eta=0.25", "monitor.block_frobenius=true"),
+               tiny_config("eta=0.25", "monitor.estimator=ggn", "monitor.head=exact")]
     for config in configs:
         assert train(config, store)["status"] == "done"
     weights = [final_weights(store, c) for c in configs]
@@ -63,6 +64,19 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     ten = rows(snaps)
     three = rows(k3)
     assert [r["probe_values"][:3] for r in ten] == [r["probe_values"] for r in three]
+    # the Gauss-Newton estimator with the exact head: stored as the trace (F1 holds for the built-ins),
+    # the head's rows exact (no probe values) and within the Hessian estimator's noise of it
+    ggn = store.snapshots(run_ids=[run_id(configs[4])])
+    assert set(ggn["quantity"].to_pylist()) == {"trace", "block_frobenius_sq"}
+    head = [r for r in rows(ggn) if r["layer"] == "linear"]
+    assert {(r["quantity"], r["stderr"], len(r["probe_values"])) for r in head} == {
+        ("trace", 0.0, 0), ("block_frobenius_sq", 0.0, 0)}
+    body = [r for r in rows(ggn) if r["layer"] != "linear"]
+    assert {r["quantity"] for r in body} == {"trace"} and {len(r["probe_values"]) for r in body} == {10}
+    estimated = {(r["step"], r["layer"]): r for r in ten}
+    for r in (r for r in rows(ggn) if r["quantity"] == "trace"):
+        e = estimated[(r["step"], r["layer"])]
+        assert abs(r["value"] - e["value"]) < 6 * (r["stderr"] ** 2 + e["stderr"] ** 2) ** 0.5 + 1e-9
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config):
@@ -187,6 +201,8 @@ def test_a_set_up_failure_reaches_the_store_as_failed(tmp_path, tiny_config, ove
         (("train", "epoch", 3), "unknown key train.epoch; known keys of train: epochs"),
         (("dataset", "name", "cifar10"), "dataset cifar10 needs a data folder: pass runtime.data_root"),
         (("train", "batch_size", 100000), "train.batch_size=100000 exceeds the 1438 training images of digits"),
+        (("monitor", "estimator", "exact"), "monitor.estimator='exact' is not allowed: it must be one of hessian, ggn"),
+        (("monitor", "head", "closed"), "monitor.head='closed' is not allowed: it must be probes or exact"),
     ],
 )
 def test_bad_configs_are_refused_before_anything_is_written(tmp_path, tiny_config, override, message):
@@ -221,3 +237,24 @@ def test_a_run_into_s3_resumes_from_its_s3_checkpoint(tmp_path, tiny_config, s3_
     assert train(config, store)["attempt"] == 2
     assert_same_weights(final_weights(store, config), final_weights(reference, config))
     assert rows(store.snapshots()) == rows(reference.snapshots())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("monitor.estimator=ggn", "monitor.block_frobenius=true"), "block_frobenius=true needs Hessian-vector products"),
+    (("monitor.head=exact", "monitor.groups=parameter"), "monitor.head=exact replaces the head module's row"),
+])
+def test_monitor_combinations_that_cannot_run_are_refused(tmp_path, tiny_config, overrides, message):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(RunConfigError, match=message):
+        train(tiny_config(*overrides), store)
+    assert store.run_ids() == []
+
+
+def test_the_monitor_estimator_keys_at_their_defaults_leave_run_ids_as_they_were(tiny_config):
+    """Keys added after runs were stored: at the values that do what runs did before, the
+    content (and so the run id) is the same as without them."""
+    config = tiny_config()
+    assert (config["monitor"]["estimator"], config["monitor"]["head"]) == ("hessian", "probes")
+    older = {**config, "monitor": {k: v for k, v in config["monitor"].items() if k not in ("estimator", "head")}}
+    assert run_id(older) == run_id(config) and content_json(older) == content_json(config)
+    assert run_id(tiny_config("monitor.estimator=ggn")) != run_id(config)
