@@ -5,7 +5,8 @@
    transforms behind a DataLoader), on the same model and CIFAR-shaped data: images/s of
    the input pipeline alone, and of whole training steps.
 2. Monitoring overhead in the real loop: `workers.train.train` on the digits with a snapshot
-   (K = 10) every 100 steps against the same run with monitoring off.
+   every 100 steps, for each choice of `monitor.estimator` and `monitor.head`, against the
+   same run with monitoring off.
 3. Peak resident memory of one worker run (`sweep run-one` in a child process).
 
     python -m tests.benchmarks.bench_worker
@@ -94,41 +95,58 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+CHOICES = {  # what the loop monitors at each snapshot: name -> overrides
+    "off": ["monitor.enabled=false"],
+    "hessian K=10 (paper)": [],
+    "hessian K=10, exact head": ["monitor.head=exact"],
+    "ggn K=10": ["monitor.estimator=ggn"],
+    "ggn K=10, exact head": ["monitor.estimator=ggn", "monitor.head=exact"],
+}
+
+
 def monitoring_overhead(width: float = 0.25, epochs: int = 40, reps: int = 3) -> None:
     overrides = [f"arch.width={width}", f"train.epochs={epochs}", "monitor.every=100", "runtime.device=cpu"]
-    ratios, seconds = [], {True: [], False: []}
-    for _ in range(reps):  # on and off interleaved, so a slow spell of the machine hits both
-        for enabled in (True, False):
+    seconds = {name: [] for name in CHOICES}
+    for _ in range(reps):  # the choices interleaved, so a slow spell of the machine hits all of them
+        for name, extra in CHOICES.items():
             with tempfile.TemporaryDirectory() as folder:
-                config = run_config(compose_config([*overrides, f"monitor.enabled={str(enabled).lower()}"]))
+                config = run_config(compose_config([*overrides, *extra]))
                 metrics = train(config, Store.open(folder, create=True))["final_metrics"]
-            seconds[enabled].append((metrics["run_seconds"], metrics["monitor_seconds"], metrics["steps"]))
-        ratios.append(seconds[True][-1][0] / seconds[False][-1][0])
-    on, monitor, steps = (statistics.median(x) for x in zip(*seconds[True]))
-    off = statistics.median(x[0] for x in seconds[False])
+            seconds[name].append((metrics["run_seconds"], metrics["monitor_seconds"], metrics["steps"]))
+    off = statistics.median(run for run, _, _ in seconds["off"])
+    steps = seconds["off"][0][2]
     print(f"\n2. monitoring overhead in the real loop: digits, ResNet-18 width {width}, {steps:.0f} steps, "
-          f"K = 10 every 100 steps ({int(steps) // 100} snapshots), medians of {reps}")
-    print(f"  with monitoring {on:.1f} s (of which layerwise_trace {monitor:.1f} s), without {off:.1f} s: "
-          f"overhead {statistics.median(ratios) - 1:.1%} (per repetition: "
-          f"{', '.join(f'{r - 1:.1%}' for r in ratios)})")
+          f"a snapshot every 100 steps ({int(steps) // 100} snapshots), medians of {reps} interleaved repetitions; "
+          f"without monitoring {off:.1f} s")
+    for name in list(CHOICES)[1:]:
+        on = statistics.median(run for run, _, _ in seconds[name])
+        monitor = statistics.median(m for _, m, _ in seconds[name])
+        per_rep = [run / base[0] - 1 for (run, _, _), base in zip(seconds[name], seconds["off"])]
+        print(f"  {name:<26} {on:6.1f} s (snapshots {monitor:5.2f} s): overhead {on / off - 1:6.1%}, "
+              f"snapshots / rest {monitor / (on - monitor):6.1%} (per repetition: "
+              f"{', '.join(f'{r:.1%}' for r in per_rep)})")
 
 
 def worker_memory() -> None:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "sweep", "run-one", f"store={folder}", "arch.width=0.25",
-                        "runtime.device=cpu"], check=True, capture_output=True)
+                        "monitor.every=10", "runtime.device=cpu"], check=True, capture_output=True)
         wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"\n3. one worker run (`sweep run-one arch.width=0.25`, digits defaults): {wall:.1f} s, "
+    print(f"\n3. one worker run (`sweep run-one arch.width=0.25 monitor.every=10`): {wall:.1f} s, "
           f"peak RSS {peak:.0f} MiB")
 
 
 def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
-    throughput()
-    monitoring_overhead()
-    worker_memory()
+    only = sys.argv[1:]  # e.g. `monitoring`: one part
+    if not only or "throughput" in only:
+        throughput()
+    if not only or "monitoring" in only:
+        monitoring_overhead()
+    if not only or "memory" in only:
+        worker_memory()
     return 0
 
 
