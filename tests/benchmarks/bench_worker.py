@@ -101,6 +101,7 @@ CHOICES = {  # what the loop monitors at each snapshot: name -> overrides
     "hessian K=10, exact head": ["monitor.head=exact"],
     "ggn K=10": ["monitor.estimator=ggn"],
     "ggn K=10, exact head": ["monitor.estimator=ggn", "monitor.head=exact"],
+    "ggn K=4, exact head": ["monitor.estimator=ggn", "monitor.head=exact", "monitor.num_probes=4"],
 }
 
 
