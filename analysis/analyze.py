@@ -95,7 +95,8 @@ def analyze(
         raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
     notes = list(traj.notes)
     table1, cohens, sensitivity, detections = [], [], [], []
-    summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer}
+    summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer,
+               "quantity": traj.quantity, "quantity_name": traj.quantity_name}
     for c, (configuration, arch, dataset) in enumerate(configurations(traj)):
         monitored = resolve_layers(traj, configuration, arch, layer)
         config_detections = []

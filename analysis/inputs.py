@@ -18,6 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+# How reports name the snapshot quantities (`ggn_trace` is never called the trace: it equals
+# it only where H_ll = G_ll, which the worker knows and then stores it as `trace`).
+QUANTITY_NAMES = {"trace": "trace", "ggn_trace": "Gauss-Newton trace", "row_energy": "block-row energy",
+                  "block_frobenius_sq": "squared Frobenius norm"}
 COLUMNS = ("run_id", "configuration", "arch", "dataset", "eta", "seed", "step", "epoch", "layer", "trace")
 
 
@@ -35,6 +39,12 @@ class Trajectories:
     source: str
     notes: list[str] = field(default_factory=list)
     axes: dict[str, dict[str, str]] = field(default_factory=dict)  # configuration -> its grid.axes values
+    quantity: str = "trace"  # which per-layer quantity the trajectories are (the column is called trace)
+
+    @property
+    def quantity_name(self) -> str:
+        """The quantity as the report names it."""
+        return QUANTITY_NAMES.get(self.quantity, self.quantity)
 
     def axis_keys(self) -> list[str]:
         """Every axis of the configurations, in the order first seen."""
@@ -131,7 +141,8 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
     if table.num_rows == 0 and done.num_rows:
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
-    return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done))
+    return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done),
+                        quantity=quantity)
 
 
 def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
@@ -143,7 +154,7 @@ def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
     except (pa.ArrowException, OSError) as err:
         raise AnalysisError(f"{path} is not readable Parquet ({str(err).splitlines()[0]})") from None
     axes = _axes(table) if "configuration" in table.column_names else {}
-    return Trajectories(_check(table, str(path), quantity), {}, str(path), axes=axes)
+    return Trajectories(_check(table, str(path), quantity), {}, str(path), axes=axes, quantity=quantity)
 
 
 @dataclass(frozen=True)

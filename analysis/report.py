@@ -88,6 +88,7 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     made = []
     colours = {0.25: "tab:orange", 0.4: "tab:red", 0.6: "tab:purple"}
     label = results.labels.get
+    quantity = results.summary.get("quantity_name", "trace")
     for d in results.detections:
         e = d.ensemble
         name = label(e.configuration, e.configuration)
@@ -103,7 +104,7 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         # early-training spikes dwarf the rest on a linear axis: symmetric log above the typical level
         typical = float(np.nanmedian(np.abs(d.mu0))) if np.isfinite(d.mu0).any() else 1.0
         ax.set_yscale("symlog", linthresh=max(typical, 1e-6))
-        ax.set(xlabel="epoch", ylabel=f"trace of {e.layer} (symlog)", title=f"{name}: layer-wise trace")
+        ax.set(xlabel="epoch", ylabel=f"{quantity} of {e.layer} (symlog)", title=f"{name}: layer-wise {quantity}")
         ax.legend(fontsize=7)
         made.append((f"{name}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
 
@@ -183,7 +184,8 @@ def _html(results: Results, figures: list[tuple[str, Path]]) -> str:
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
 <h1>Layer-wise trace CUSUM: detection of label memorisation</h1>
-<p>Monitored layer: {html.escape(str(s['layer']))}; k = {s['k']}, ARL0 = {s['arl0']} snapshots.</p>
+<p>Monitored layer: {html.escape(str(s['layer']))}; quantity: the {html.escape(s['quantity_name'])}
+(<code>{html.escape(s['quantity'])}</code>); k = {s['k']}, ARL0 = {s['arl0']} snapshots.</p>
 <h2>Pooled</h2><ul>
 <li>Power over noisy runs: {proportion(s['power'])}</li>
 <li>False-alarm rate over clean runs (leave-one-out): {proportion(s['false_alarm'])}</li>

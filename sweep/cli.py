@@ -231,6 +231,8 @@ def analyze(words: list[str]) -> int:
     )
     page = report.write(results, out)
     s = results.summary
+    if s["quantity"] != "trace":
+        print(f"quantity: the {s['quantity_name']} ({s['quantity']})")
     print(report.table1_markdown(results.table1, results.axes))
     for name in ("power", "false_alarm"):
         p = s[name]

@@ -108,3 +108,20 @@ def test_bad_input_is_one_message(tmp_path, case, message, analyze_cli):
     out = analyze_cli(*args, f"out={tmp_path / 'out'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert re.search(message, out.stderr), out.stderr
+
+
+def test_gauss_newton_traces_are_called_so_in_every_report(tmp_path, analyze_cli):
+    table = trajectories(layers=("features", "fc"), shift=3.0, shift_at=40)
+    long = table.drop_columns(["trace"]).append_column("quantity", pa.array(["ggn_trace"] * table.num_rows)) \
+        .append_column("value", table["trace"])
+    path, out = tmp_path / "ggn.parquet", tmp_path / "out"
+    pq.write_table(long, path)
+    refused = analyze_cli(f"trajectories={path}", f"out={out}", "layer=fc")
+    assert refused.returncode == 2 and "no rows of quantity=trace; its quantities: ggn_trace" in refused.stderr
+    done = analyze_cli(f"trajectories={path}", f"out={out}", "layer=fc", "quantity=ggn_trace", "bootstrap=200")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("quantity: the Gauss-Newton trace (ggn_trace)")
+    page = (out / "report.html").read_text()
+    assert "quantity: the Gauss-Newton trace\n(<code>ggn_trace</code>)" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["quantity"], summary["quantity_name"]) == ("ggn_trace", "Gauss-Newton trace")

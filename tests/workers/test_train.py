@@ -258,3 +258,23 @@ def test_the_monitor_estimator_keys_at_their_defaults_leave_run_ids_as_they_were
     older = {**config, "monitor": {k: v for k, v in config["monitor"].items() if k not in ("estimator", "head")}}
     assert run_id(older) == run_id(config) and content_json(older) == content_json(config)
     assert run_id(tiny_config("monitor.estimator=ggn")) != run_id(config)
+
+
+def small_mlp(*, num_classes, in_channels):
+    """A model of one's own: F1 is not known for it."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 64, 16), torch.nn.GELU(),
+                               torch.nn.Linear(16, num_classes))
+
+
+def test_a_user_models_output_space_values_are_stored_as_gauss_newton_traces(tmp_path, tiny_config):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    probes, exact = (tiny_config("monitor.estimator=ggn", *extra) for extra in ([], ["monitor.head=exact"]))
+    for config in (probes, exact):
+        config["arch"] = {"_target_": f"{__name__}.small_mlp", "name": "mlp"}
+        assert train(config, store)["status"] == "done"
+    quantities = {(r["layer"], r["quantity"]) for r in store.snapshots(run_ids=[run_id(probes)]).to_pylist()}
+    assert quantities == {("1", "ggn_trace"), ("3", "ggn_trace")}  # never called the trace
+    quantities = {(r["layer"], r["quantity"]) for r in store.snapshots(run_ids=[run_id(exact)]).to_pylist()}
+    # the head block is its Gauss-Newton block for any model: its exact rows are the trace
+    assert quantities == {("1", "ggn_trace"), ("3", "trace"), ("3", "block_frobenius_sq")}
+    assert store.runs().to_pylist()[0]["head_layer"] == "3"
