@@ -117,7 +117,7 @@ def compare(arch: str, width: float, reps: int = 5, variance_probes: int = 60) -
 
 def speedups(arch: str = "resnet18", width: float = 0.125, reps: int = 5) -> None:
     """The output-space probes: a loop of K backwards against one batched backward, and
-    the same with torch.compile of the model."""
+    the same with torch.compile of the model; and the Hessian estimator under torch.compile."""
     model, _, x, y, _ = trained(arch, width)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -148,6 +148,20 @@ def speedups(arch: str = "resnet18", width: float = 0.125, reps: int = 5) -> Non
               f"(compiled / eager {t_compiled / t_loop:.2f})")
     except Exception as err:  # noqa: BLE001 - a backend missing on this machine is a result too
         print(f"  torch.compile failed here: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+    ce, g = F.cross_entropy, torch.Generator()
+    t_eager = seconds(lambda: layerwise_trace(model, ce, x, y, num_probes=10, generator=g.manual_seed(0)), reps)
+    try:
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        layerwise_trace(compiled, ce, x, y, num_probes=10, generator=g.manual_seed(0))
+        first = time.perf_counter() - start
+        t_compiled = seconds(lambda: layerwise_trace(compiled, ce, x, y, num_probes=10, generator=g.manual_seed(0)),
+                             reps)
+        print(f"  the Hessian estimator (K = 10, reverse HVPs): eager {t_eager * 1000:.1f} ms; torch.compile first "
+              f"call {first:.1f} s, then {t_compiled * 1000:.1f} ms (compiled / eager {t_compiled / t_eager:.2f})")
+    except Exception as err:  # noqa: BLE001 - double backward through a compiled graph may be unsupported
+        print(f"  the Hessian estimator under torch.compile failed: {type(err).__name__}: "
+              f"{str(err).splitlines()[0][:160]}")
 
 
 def main() -> int:
