@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sweep.cli import SUBCOMMANDS
-from workers.curvature import layerwise_trace
+from workers.curvature import ggn_trace, layerwise_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,12 +32,15 @@ def test_analyze_without_out_names_what_is_missing_without_a_traceback(sweep_cli
 
 def test_monitor_config_composes_into_estimator_arguments():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["dataset=cifar10"])  # digits shortens `every`
+        cfg = compose(config_name="config", overrides=["dataset=cifar10"])
     monitor = dict(cfg.monitor)
     assert (monitor.pop("every"), monitor.pop("batch_size"), monitor["num_probes"]) == (100, 128, 10)
     assert monitor.pop("enabled") is True
+    assert (monitor.pop("estimator"), monitor.pop("head")) == ("hessian", "probes")  # which estimator, not its options
     accepted = inspect.signature(layerwise_trace).parameters
     assert set(monitor) <= {name for name, p in accepted.items() if p.kind is p.KEYWORD_ONLY}
+    ggn = inspect.signature(ggn_trace).parameters
+    assert {"num_probes", "groups"} <= {name for name, p in ggn.items() if p.kind is p.KEYWORD_ONLY}
 
 
 def test_run_one_trains_into_a_store_and_a_second_call_does_nothing_new(tmp_path, sweep_cli):
