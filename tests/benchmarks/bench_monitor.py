@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from tests.benchmarks.bench_curvature import median_seconds as seconds
 from workers.curvature import ggn_trace, head_curvature, layerwise_trace
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import evaluation_mode
@@ -53,15 +54,6 @@ def trained(arch: str, width: float, steps: int = 11):
         optimizer.step()
     index = torch.randperm(data.num_train)[:128]
     return model, head, normalise(data.train_images[index], data.mean, data.std), data.train_labels[index], optimizer
-
-
-def seconds(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def compare(arch: str, width: float, reps: int = 5, variance_probes: int = 60) -> None:

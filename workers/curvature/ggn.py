@@ -35,39 +35,20 @@ from torch import nn
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import checked_loss, evaluation_mode
 from workers.curvature.probes import check_generator
-from workers.curvature.trace import group_dots, probe_mean, probe_stderr
+from workers.curvature.trace import ProbeEstimate, group_dots
 
 
 @dataclass(frozen=True)
-class GGNTrace:
-    """Per-probe values of one call: probe_values[k, l] = ||(B u_k)_l||^2."""
+class GGNTrace(ProbeEstimate):
+    """Per-probe values of one call: probe_values[k, l] = ||(B u_k)_l||^2, so ``trace``
+    estimates tr(G_ll) (= T_l under F1)."""
 
-    layers: list[str]
-    numel: list[int]
-    probe_values: torch.Tensor
     loss: float
     nonfinite: list[str]
-
-    @property
-    def num_probes(self) -> int:
-        return self.probe_values.shape[0]
-
-    @property
-    def trace(self) -> torch.Tensor:
-        """[L] the estimate of tr(G_ll) (= T_l under F1)."""
-        return probe_mean(self.probe_values)
-
-    @property
-    def stderr(self) -> torch.Tensor:
-        """[L] standard error of ``trace`` over probes; NaN for one probe."""
-        return probe_stderr(self.probe_values)
 
     def per_probe(self) -> dict[str, torch.Tensor]:
         """The per-layer quantity of this call by name: ``ggn_trace``."""
         return {"ggn_trace": self.probe_values}
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.layers, self.trace.tolist()))
 
 
 def check_cross_entropy(criterion: Callable) -> None:

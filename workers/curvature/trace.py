@@ -38,20 +38,13 @@ from workers.curvature.probes import block_signs, check_distribution, check_gene
 
 
 @dataclass(frozen=True)
-class LayerwiseTrace:
-    """Per-probe values of one call; every statistic is derived from them.
-
-    probe_values[k, l] = z_l^T (H z)_l, row_energy_values[k, l] = ||(H z)_l||^2 and,
-    when requested, block_frobenius_values[k, l] = s_l <(H z)_l, (H z')_l>.
-    """
+class ProbeEstimate:
+    """Per-layer per-probe values [K, L] of one call, and the estimate and standard error
+    derived from them (what every probe estimator returns)."""
 
     layers: list[str]
     numel: list[int]
     probe_values: torch.Tensor
-    row_energy_values: torch.Tensor
-    block_frobenius_values: torch.Tensor | None
-    loss: float
-    nonfinite: list[str]
 
     @property
     def num_probes(self) -> int:
@@ -59,13 +52,31 @@ class LayerwiseTrace:
 
     @property
     def trace(self) -> torch.Tensor:
-        """[L] the estimate of T_l = tr(H_ll) (eq. 4)."""
+        """[L] the mean over probes: the estimate of each layer's trace."""
         return probe_mean(self.probe_values)
 
     @property
     def stderr(self) -> torch.Tensor:
         """[L] standard error of ``trace`` over probes; NaN for one probe."""
         return probe_stderr(self.probe_values)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.layers, self.trace.tolist()))
+
+
+@dataclass(frozen=True)
+class LayerwiseTrace(ProbeEstimate):
+    """Per-probe values of one call; every statistic is derived from them.
+
+    probe_values[k, l] = z_l^T (H z)_l (``trace`` estimates T_l = tr(H_ll), eq. 4),
+    row_energy_values[k, l] = ||(H z)_l||^2 and, when requested,
+    block_frobenius_values[k, l] = s_l <(H z)_l, (H z')_l>.
+    """
+
+    row_energy_values: torch.Tensor
+    block_frobenius_values: torch.Tensor | None
+    loss: float
+    nonfinite: list[str]
 
     @property
     def row_energy(self) -> torch.Tensor:
@@ -90,9 +101,6 @@ class LayerwiseTrace:
         """[L] kappa_l = ||H_ll||_F / |T_l| (eq. 7), from the estimates above."""
         frob = self.block_frobenius_sq
         return None if frob is None else frob.clamp(min=0).sqrt() / self.trace.abs()
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.layers, self.trace.tolist()))
 
 
 def probe_mean(values: torch.Tensor) -> torch.Tensor:
