@@ -34,7 +34,7 @@ from torch import nn
 
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import checked_loss, evaluation_mode
-from workers.curvature.probes import check_generator
+from workers.curvature.probes import check_generator, check_num_probes
 from workers.curvature.trace import ProbeEstimate, group_dots
 
 
@@ -95,10 +95,7 @@ def ggn_trace(
     >>> all(abs(t - e) < 4 * s for t, e, s in zip(est.trace.tolist(), exact, est.stderr.tolist()))
     True
     """
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int):
-        raise TypeError(f"num_probes must be an int, got {type(num_probes).__name__}")
-    if num_probes < 1:
-        raise ValueError(f"num_probes={num_probes}; it must be at least 1")
+    check_num_probes(num_probes)
     check_cross_entropy(criterion)
     resolved = parameter_groups(model, groups)
     check_generator(generator, resolved.params)

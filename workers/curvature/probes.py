@@ -13,6 +13,14 @@ import torch
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
+def check_num_probes(num_probes) -> None:
+    """Raise unless ``num_probes`` is an int >= 1 (paper section 4.3 recommends 5-10)."""
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int):
+        raise TypeError(f"num_probes must be an int, got {type(num_probes).__name__}")
+    if num_probes < 1:
+        raise ValueError(f"num_probes={num_probes}; it must be at least 1 (paper section 4.3 recommends 5-10)")
+
+
 def check_distribution(distribution: str) -> None:
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution={distribution!r} is not one of {DISTRIBUTIONS}")

@@ -34,7 +34,7 @@ from torch import nn
 
 from workers.curvature.groups import ParameterGroups, parameter_groups
 from workers.curvature.hvp import DEFAULT_MECHANISM, evaluation_mode, hessian_vector_products
-from workers.curvature.probes import block_signs, check_distribution, check_generator, draw_probe
+from workers.curvature.probes import block_signs, check_distribution, check_generator, check_num_probes, draw_probe
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,7 @@ def layerwise_trace(
     >>> all(abs(t - e) < 4 * s for t, e, s in zip(est.trace.tolist(), exact, est.stderr.tolist()))
     True
     """
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int):
-        raise TypeError(f"num_probes must be an int, got {type(num_probes).__name__}")
-    if num_probes < 1:
-        raise ValueError(f"num_probes={num_probes}; it must be at least 1 (paper section 4.3 recommends 5-10)")
+    check_num_probes(num_probes)
     check_distribution(distribution)
     resolved = parameter_groups(model, groups)
     check_generator(generator, resolved.params)
