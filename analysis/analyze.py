@@ -97,7 +97,8 @@ def analyze(
     table1, cohens, sensitivity, detections = [], [], [], []
     summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer,
                "quantity": traj.quantity, "quantity_name": traj.quantity_name}
-    for c, (configuration, arch, dataset) in enumerate(configurations(traj)):
+    chosen = configurations(traj)  # one pass over the table's rows
+    for c, (configuration, arch, dataset) in enumerate(chosen):
         monitored = resolve_layers(traj, configuration, arch, layer)
         config_detections = []
         for name in monitored:
@@ -159,10 +160,10 @@ def analyze(
     for row in (*table1, *cohens, *sensitivity):
         row.update({key: traj.axes.get(row["configuration"], {}).get(key, "") for key in keys})
     order = {c: (arch, dataset, *(_sortable(traj.axes.get(c, {}).get(key, "")) for key in keys), c)
-             for c, arch, dataset in configurations(traj)}
+             for c, arch, dataset in chosen}
     for rows in (table1, cohens, sensitivity):  # configurations by arch, dataset and axis values; stable within
         rows.sort(key=lambda row: order[row["configuration"]])
     for configuration, values in summary["configurations"].items():
         values["axes"] = traj.axes.get(configuration, {})
-    labels = {c: traj.label(c) for c in summary["configurations"]}
+    labels = {c: traj.label(c, arch, dataset) for c, arch, dataset in chosen if c in summary["configurations"]}
     return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels)

@@ -50,9 +50,8 @@ class Trajectories:
         """Every axis of the configurations, in the order first seen."""
         return list(dict.fromkeys(key for values in self.axes.values() for key in values))
 
-    def label(self, configuration: str) -> str:
+    def label(self, configuration: str, arch: str, dataset: str) -> str:
         """A configuration as people read it: arch, dataset and its axis values."""
-        arch, dataset = _of(self, configuration).slice(0, 1).select(["arch", "dataset"]).to_pylist()[0].values()
         axes = " ".join(f"{k}={v}" for k, v in self.axes.get(configuration, {}).items())
         return f"{arch} {dataset}" + (f" {axes}" if axes else "")
 
