@@ -55,6 +55,15 @@ def _cnn_bn():
     return model
 
 
+def _relu_bn():
+    """Piecewise linear in each module's parameters (F1): every H_ll is PSD."""
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(27, 3))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model
+
+
 @dataclass
 class Case:
     id: str
@@ -68,6 +77,7 @@ CASES = [
     Case("shared_linear", SharedLinear, (4,)),
     Case("tied_weights", TiedLinear, (4,)),
 ]
+RELU_BN = Case("relu_batchnorm", _relu_bn, (1, 5, 5))
 
 
 def make(case: Case, *, batch: int = 16, seed: int = 0):

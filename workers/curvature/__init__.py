@@ -1,8 +1,12 @@
-"""Layer-wise Hessian trace estimation (../shared/seeds/000, sections 2-4)."""
+"""Layer-wise Hessian traces (../shared/seeds/000, sections 2-4), extreme eigenvalues (002) and
+spectral densities (004), global and per block."""
 
+from workers.curvature.density import SpectralDensity, smooth_density, spectral_density
+from workers.curvature.eigen import TopEigen, top_eigenvalues
 from workers.curvature.ggn import GGNTrace, ggn_trace
 from workers.curvature.groups import ParameterGroups, parameter_groups
 from workers.curvature.head import HeadCurvature, head_curvature
+from workers.curvature.lanczos import LanczosRun, lanczos
 from workers.curvature.reference import blockwise_trace, network_trace
 from workers.curvature.trace import LayerwiseTrace, layerwise_trace
 from workers.curvature.variance import (
@@ -16,15 +20,22 @@ __all__ = [
     "CriticalProbeCount",
     "GGNTrace",
     "HeadCurvature",
+    "LanczosRun",
     "LayerwiseTrace",
     "ParameterGroups",
+    "SpectralDensity",
+    "TopEigen",
     "block_variance",
     "blockwise_trace",
     "critical_probe_count",
     "ggn_trace",
     "head_curvature",
+    "lanczos",
     "layerwise_trace",
     "network_trace",
     "parameter_groups",
     "single_pass_variance",
+    "smooth_density",
+    "spectral_density",
+    "top_eigenvalues",
 ]

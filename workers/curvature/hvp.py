@@ -149,3 +149,41 @@ def hessian_vector_products(
             model, criterion, inputs, targets, params, param_names, vectorise=mechanism == "forward-vmap"
         )
     raise ValueError(f"hvp={mechanism!r} is not one of {MECHANISMS}")
+
+
+# The name of the whole parameter vector, beside the groups, in results over blocks.
+NETWORK = "(network)"
+
+
+def block_operators(
+    model: nn.Module, criterion: Callable, inputs, targets, groups, layers
+) -> tuple[float, list[tuple[str, list[int], Callable[[torch.Tensor], torch.Tensor]]]]:
+    """The loss and, for each requested block, ``(name, parameter indices, matvec)``:
+    ``matvec`` maps a flat vector over the block's parameters (their dtype and device) to
+    the flat H_ll x, or H x for ``layers=None`` (the block ``NETWORK``). All share one
+    retained graph (``reverse_hvp``); call inside ``evaluation_mode``. ``groups`` is a
+    resolved ``ParameterGroups``; ``layers`` None or a list of its group names."""
+    if layers is None:
+        blocks = [(NETWORK, None)]
+    else:
+        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+            raise TypeError(f"layers must be None or a list of group names, got {layers!r}")
+        unknown = [name for name in layers if name not in groups.names]
+        if unknown or not layers:
+            raise ValueError(f"layers={list(layers)} names no group or unknown groups {unknown}; "
+                             f"the groups are {groups.names}")
+        blocks = [(name, [i for i, g in enumerate(groups.group_of) if groups.names[g] == name]) for name in layers]
+    loss, products = reverse_hvp(model, criterion, inputs, targets, groups.params)
+
+    def operator(indices):
+        wrt = groups.params if indices is None else [groups.params[i] for i in indices]
+        sizes = [p.numel() for p in wrt]
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            parts = [x.view_as(p) for x, p in zip(torch.split(v, sizes), wrt)]
+            return torch.cat([w.reshape(-1) for w in products([parts], block=indices)[0]])
+
+        return matvec
+
+    return loss, [(name, list(range(len(groups.params))) if idx is None else idx, operator(idx))
+                  for name, idx in blocks]

@@ -6,11 +6,15 @@
 - ``blockwise_trace``: the naive per-layer loop: for each group l and probe k, a
   probe restricted to block l and one product H_ll z_l. Same expectation as
   ``layerwise_trace``, L times the cost, and the variance of paper eq. (6).
+- ``power_iteration``: lambda_max as ../shared/seeds/002 (Alg. 1) and PyHessian find it,
+  v <- A v / ||A v|| with the Rayleigh quotient as estimate, stopped like PyHessian on a
+  relative change of successive estimates (no residual), the baseline of ``top_eigenvalues``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -64,3 +68,31 @@ def blockwise_trace(
                 column.append(tensor_dots(z, w).sum())
             columns.append(torch.stack(column))
     return torch.stack(columns, dim=1).cpu()
+
+
+@dataclass(frozen=True)
+class PowerIteration:
+    """Rayleigh quotients after each product (``estimates``), the last vector and the count."""
+
+    estimates: list[float]
+    vector: torch.Tensor
+    matvecs: int
+
+
+def power_iteration(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, *, max_matvecs: int = 100,
+                    rtol: float | None = 1e-3) -> PowerIteration:
+    """Power iteration from ``v0``; stops when two successive Rayleigh quotients differ by
+    less than ``rtol`` relative (PyHessian's rule; None: run all ``max_matvecs``). The angle
+    to the top eigenvector falls like |lambda_2/lambda_1|^i and the quotient's error like
+    |lambda_2/lambda_1|^(2i), where 002 (section 2.2) prints the inverted ratio; it converges
+    to the eigenvalue of largest modulus, which is lambda_min when |lambda_min| > lambda_max."""
+    v = v0 / torch.linalg.vector_norm(v0)
+    estimates: list[float] = []
+    for _ in range(max_matvecs):
+        w = matvec(v)
+        estimates.append(float(torch.dot(v.to(torch.float64), w.to(torch.float64))))
+        v = w / torch.linalg.vector_norm(w)
+        if rtol is not None and len(estimates) > 1 and \
+                abs(estimates[-1] - estimates[-2]) <= rtol * abs(estimates[-1]):
+            break
+    return PowerIteration(estimates, v, len(estimates))
