@@ -158,9 +158,11 @@ def test_top_eigenvalues_are_reproducible_and_leave_the_model_as_it_was():
     model = _bn_dropout_model()
     before = _snapshot(model)
     x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"], generator=torch.Generator().manual_seed(4))
+    a = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"],
+                        generator=torch.Generator().manual_seed(4))
     _assert_unchanged(model, before)
-    b = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"], generator=torch.Generator().manual_seed(4))
+    b = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"],
+                        generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.largest, b.largest) and torch.equal(a.residuals, b.residuals) and a.matvecs == b.matvecs
 
 

@@ -111,7 +111,8 @@ def smooth_density(
     lower, upper = lower - pad, upper + pad
     sigma = (upper - lower) / 2 * 2 / ((m - 1) * math.sqrt(8 * math.log(kappa)))
     t = torch.linspace(lower, upper, points, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * ((t[:, None] - nodes.reshape(-1)[None, :]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    distance = (t[:, None] - nodes.reshape(-1)[None, :]) / sigma
+    kernel = torch.exp(-0.5 * distance**2) / (sigma * math.sqrt(2 * math.pi))
     phi = kernel @ weights.reshape(-1) / len(nodes)
     return t, phi
 
