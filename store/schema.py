@@ -7,6 +7,8 @@ columns; snapshot chunks no longer repeat the run's identity (arch, dataset, eta
 seed), which the reader joins from the run's record; and a record lists each committed
 file with its size and SHA-256, so a truncated or overwritten file is found without
 trusting its content. ``sweep store migrate`` rewrites a version-1 store in place.
+A run that logs spectral densities also has ``spectra`` chunks (raw Lanczos quadrature,
+added to version 2 without changing the other tables: a store without them is unchanged).
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ SNAPSHOTS_SCHEMA = pa.schema(
         ("layer", pa.string()),
         ("layer_index", pa.int32()),
         ("numel", pa.int64()),
-        ("quantity", pa.string()),  # trace, row_energy, block_frobenius_sq, ...
-        ("value", pa.float64()),  # the mean of probe_values
-        ("stderr", pa.float64()),
+        ("quantity", pa.string()),  # trace, row_energy, block_frobenius_sq, lambda_max, lambda_min, ...
+        ("value", pa.float64()),  # the mean of probe_values (an eigenvalue for lambda_*)
+        ("stderr", pa.float64()),  # over probes; for lambda_*: the Ritz residual ||H y - theta y||, an error bound
         ("probe_values", pa.list_(pa.float64())),  # the K per-probe estimates
     ],
     metadata=_META,
@@ -83,7 +85,26 @@ METRICS_SCHEMA = pa.schema(
     ],
     metadata=_META,
 )
-KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA}
+# One row per run, step, block and Lanczos run of stochastic Lanczos quadrature
+# (workers.curvature.spectral_density): raw nodes and weights, smoothed at analysis time.
+SPECTRA_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),
+        ("layer", pa.string()),  # a group, or (network) for the whole Hessian
+        ("layer_index", pa.int32()),
+        ("numel", pa.int64()),
+        ("lanczos_run", pa.int32()),  # 0..R-1, independent starts at one step
+        ("nodes", pa.list_(pa.float64())),  # Ritz values theta_j
+        ("weights", pa.list_(pa.float64())),  # tau_j^2; they sum to 1 (minus the outliers' mass d/numel)
+        ("lower", pa.float64()),  # spectrum bounds: extreme theta -+ residual
+        ("upper", pa.float64()),
+        ("outliers", pa.list_(pa.float64())),  # deflated top eigenvalues, mass 1/numel each
+    ],
+    metadata=_META,
+)
+KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA, "spectra": SPECTRA_SCHEMA}
 
 # What the reader adds to every snapshot or metric row: the run's identity, from its record.
 JOINED = ["sweep_id", "configuration", "arch", "dataset", "eta", "seed", "axes"]

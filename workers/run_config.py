@@ -71,6 +71,8 @@ SCHEMA = {
         "block_frobenius": _BOOL,
         "estimator": (str, lambda v: v in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
         "head": (str, lambda v: v in ("probes", "exact"), "probes or exact"),
+        "eigen": (dict, lambda v: True, "a mapping (monitor.eigen.*)"),
+        "density": (dict, lambda v: True, "a mapping (monitor.density.*)"),
     },
     "runtime": {
         "data_root": ((str, type(None)), lambda v: True, "a folder path or null"),
@@ -82,10 +84,38 @@ SCHEMA = {
         "axes": (dict, lambda v: all(isinstance(k, str) for k in v), "a mapping of dotted keys to values"),
     },
 }
+_BLOCKS = (str, lambda v: v in ("head", "all", "none"), "head, all or none")
+# Sub-sections: (section, key) -> their keys' rules, checked like a section's.
+SUBSECTIONS = {
+    ("monitor", "eigen"): {  # workers.curvature.top_eigenvalues every `every` steps (0: off)
+        "every": (int, lambda v: v >= 0, "an integer >= 0 (steps between eigenvalue snapshots; 0: off)"),
+        "layers": _BLOCKS,
+        "network": _BOOL,
+        "k": _POSITIVE_INT,
+        "max_matvecs": (int, lambda v: v >= 2, "an integer >= 2"),
+        "tol": _POSITIVE,
+    },
+    ("monitor", "density"): {  # workers.curvature.spectral_density after the listed epochs ([]: off)
+        "epochs": (list, lambda v: all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in v)
+                   and len(set(v)) == len(v), "a list of distinct epoch numbers >= 1 (empty: off)"),
+        "layers": _BLOCKS,
+        "network": _BOOL,
+        "steps": (int, lambda v: v >= 2, "an integer >= 2"),
+        "num_runs": _POSITIVE_INT,
+        "deflate": (int, lambda v: v >= 0, "an integer >= 0"),
+    },
+}
 # Keys added after runs were first stored, with the value that does what runs did before
 # them: a config without them (an older manifest) gets these, and at these values the
 # monitor's keys are left out of the run's content, so every stored run keeps its id.
-ADDED_DEFAULTS = {"runtime": {"pythonpath": None, "axes": {}}, "monitor": {"estimator": "hessian", "head": "probes"}}
+ADDED_DEFAULTS = {
+    "runtime": {"pythonpath": None, "axes": {}},
+    "monitor": {
+        "estimator": "hessian", "head": "probes",
+        "eigen": {"every": 0, "layers": "head", "network": True, "k": 1, "max_matvecs": 20, "tol": 1e-3},
+        "density": {"epochs": [], "layers": "head", "network": True, "steps": 64, "num_runs": 1, "deflate": 0},
+    },
+}
 TOP_LEVEL = {
     "eta": ((int, float), lambda v: 0 <= v < 1, "a label-noise rate in [0, 1); the paper uses 0, 0.25, 0.40, 0.60"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
@@ -123,6 +153,17 @@ def validate(config: dict) -> dict:
             raise RunConfigError(f"the run config has no {section!r} section")
     for section, defaults in ADDED_DEFAULTS.items():
         config[section] = {**defaults, **config[section]}
+    for (section, key), rules in SUBSECTIONS.items():
+        values = config[section][key]
+        if not isinstance(values, dict):
+            raise RunConfigError(f"{section}.{key}={values!r} is not allowed: it must be a mapping of "
+                                 f"{', '.join(rules)}")
+        config[section][key] = values = {**ADDED_DEFAULTS[section][key], **values}
+        for name, value in values.items():
+            if name not in rules:
+                raise RunConfigError(f"unknown key {section}.{key}.{name}; known keys of {section}.{key}: "
+                                     f"{', '.join(rules)}")
+            _check(f"{section}.{key}.{name}", value, rules[name])
     for section, rules in SCHEMA.items():
         values = config[section]
         for key in values:
@@ -151,7 +192,29 @@ def validate(config: dict) -> dict:
                              "monitor.estimator=hessian")
     if monitor["head"] == "exact" and monitor["groups"] != "module":
         raise RunConfigError("monitor.head=exact replaces the head module's row, which needs monitor.groups=module")
+    _check_spectral(config)
     return config
+
+
+def _check_spectral(config: dict) -> None:
+    eigen, density = config["monitor"]["eigen"], config["monitor"]["density"]
+    for key, values, on in (("eigen", eigen, eigen["every"] > 0), ("density", density, bool(density["epochs"]))):
+        if on and values["layers"] == "none" and not values["network"]:
+            raise RunConfigError(f"monitor.{key} has layers=none and network=false: nothing to compute; set "
+                                 f"monitor.{key}.layers=head|all or monitor.{key}.network=true")
+        if on and values["layers"] == "head" and config["monitor"]["groups"] != "module":
+            raise RunConfigError(f"monitor.{key}.layers=head names the head module's group, which needs "
+                                 f"monitor.groups=module (or use layers=all)")
+    if eigen["max_matvecs"] < 2 * eigen["k"]:
+        raise RunConfigError(f"monitor.eigen.max_matvecs={eigen['max_matvecs']} is below 2 k = {2 * eigen['k']}: "
+                             "Lanczos needs about two products per eigenvalue at each end")
+    late = [e for e in density["epochs"] if e > config["train"]["epochs"]]
+    if late:
+        raise RunConfigError(f"monitor.density.epochs lists {late}, after the last epoch "
+                             f"train.epochs={config['train']['epochs']}")
+    if 2 * density["deflate"] > density["steps"]:
+        raise RunConfigError(f"monitor.density.deflate={density['deflate']} needs monitor.density.steps >= "
+                             f"{2 * density['deflate']}")
 
 
 def _named(section: str, values: dict) -> None:

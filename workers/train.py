@@ -3,9 +3,12 @@
 Recipe: SGD with momentum 0.9, lr 0.1, batch 128, cosine decay over all steps,
 weight decay 5e-4, no gradient clipping. Every ``monitor.every`` steps, after the
 update, a layer-wise trace snapshot with K probes on a fresh training mini-batch
-(noisy labels, no augmentation, BatchNorm in eval mode). Snapshot batches and probes
-come from their own generators seeded from (run seed, step), and the estimator
-restores the model's state, so monitoring never moves the training trajectory.
+(noisy labels, no augmentation, BatchNorm in eval mode). Optionally, on the same batch:
+the extreme eigenvalues of the chosen blocks every ``monitor.eigen.every`` steps (rows
+``lambda_max``/``lambda_min``), and spectral densities after the epochs in
+``monitor.density.epochs`` (rows of the ``spectra`` table). Snapshot batches, probes and
+Lanczos starts come from their own generators seeded from (run seed, step, what), and the
+estimators restore the model's state, so monitoring never moves the training trajectory.
 
 Checkpoints (every ``train.checkpoint_every`` epochs and at the end) hold the
 model, optimizer, step and all random states; the data rows gathered since the
@@ -27,7 +30,15 @@ import torch.nn.functional as F
 
 from store import RunWriter, Store
 from workers import checkpoint
-from workers.curvature import ggn_trace, head_curvature, layerwise_trace
+from workers.curvature import (
+    ggn_trace,
+    head_curvature,
+    layerwise_trace,
+    parameter_groups,
+    spectral_density,
+    top_eigenvalues,
+)
+from workers.curvature.hvp import NETWORK
 from workers.curvature.trace import probe_mean, probe_stderr
 from workers.data import normalise, place, random_crop_flip
 from workers.datasets import load_dataset
@@ -55,6 +66,30 @@ def per_layer_rows(base: dict, layers: list[str], numel: list[int], quantity: st
     mean, stderr, columns = probe_mean(values).tolist(), probe_stderr(values).tolist(), values.T.tolist()
     return [{**base, "layer": name, "layer_index": i, "numel": numel[i], "quantity": quantity, "value": mean[i],
              "stderr": stderr[i], "probe_values": columns[i]} for i, name in enumerate(layers)]
+
+
+def eigen_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
+    """Snapshot rows of ``top_eigenvalues``: ``lambda_max``/``lambda_min`` per block (then
+    ``lambda_max_2``... for k > 1), the Ritz residual in ``stderr`` (some eigenvalue lies
+    within it), no probe values. ``index``: group name -> layer_index; (network) is -1."""
+    rows = []
+    for i, name in enumerate(result.layers):
+        for end, values in (("max", result.largest[i]), ("min", result.smallest[i])):
+            residuals = result.residuals[i, 0 if end == "max" else 1]
+            for j, (value, residual) in enumerate(zip(values.tolist(), residuals.tolist())):
+                rows.append({**base, "layer": name, "layer_index": index.get(name, -1), "numel": result.numel[i],
+                             "quantity": f"lambda_{end}" + (f"_{j + 1}" if j else ""), "value": value,
+                             "stderr": residual, "probe_values": []})
+    return rows
+
+
+def spectra_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
+    """``spectra`` rows of ``spectral_density``: one per block and Lanczos run, raw."""
+    return [{**base, "layer": name, "layer_index": index.get(name, -1), "numel": result.numel[i],
+             "lanczos_run": r, "nodes": result.nodes[r, i].tolist(), "weights": result.weights[r, i].tolist(),
+             "lower": float(result.bounds[i, 0]), "upper": float(result.bounds[i, 1]),
+             "outliers": result.outliers[i].tolist()}
+            for i, name in enumerate(result.layers) for r in range(result.nodes.shape[0])]
 
 
 def exact_head(rows: list[dict], exact) -> list[dict]:
@@ -144,12 +179,43 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
         return loss.item() / n, correct.item() / n  # CPU-GPU sync point, once per evaluation
 
     f1 = architecture(arch).piecewise_linear  # H_ll = G_ll: the Gauss-Newton trace is the trace
+    group_index = {name: i for i, name in enumerate(parameter_groups(model, mon["groups"]).names)}
+
+    def snapshot_batch(at: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training mini-batch every quantity of step ``at`` is computed on."""
+        batch_rng = generator("snapshot-batch", seed, at, device=device)
+        index = torch.randperm(data.num_train, generator=batch_rng, device=device)[: mon["batch_size"]]
+        return inputs(data.train_images[index]), data.train_labels[index]
+
+    def blocks(spec: dict) -> list[str]:
+        """The blocks a spectral option names: (network) and/or the head or every group."""
+        chosen = {"head": [head], "all": list(group_index), "none": []}[spec["layers"]]
+        return ([NETWORK] if spec["network"] else []) + chosen
+
+    def spectral(at: int, eigen_due: bool, density_due: bool) -> None:
+        """Eigenvalue rows and density rows of step ``at``, each from its own generator."""
+        x, y = snapshot_batch(at)
+        base = {"run_id": rid, "step": at, "epoch": at / steps_per_epoch}
+        if eigen_due:
+            spec = mon["eigen"]
+            result = top_eigenvalues(model, F.cross_entropy, x, y, k=spec["k"], layers=blocks(spec),
+                                     groups=mon["groups"], max_matvecs=spec["max_matvecs"], tol=spec["tol"],
+                                     generator=generator("eigen", seed, at, device=device))
+            if result.nonfinite:
+                raise RunFailed(f"non-finite curvature products at step {at} in blocks {result.nonfinite}")
+            writer.log("snapshots", eigen_rows(base, result, group_index))
+        if density_due:
+            spec = mon["density"]
+            result = spectral_density(model, F.cross_entropy, x, y, steps=spec["steps"], num_runs=spec["num_runs"],
+                                      layers=blocks(spec), deflate=spec["deflate"], groups=mon["groups"],
+                                      generator=generator("density", seed, at, device=device))
+            if result.nonfinite:
+                raise RunFailed(f"non-finite curvature products at step {at} in blocks {result.nonfinite}")
+            writer.log("spectra", spectra_rows(base, result, group_index))
 
     def snapshot(at: int) -> list[dict]:
         """Per-layer rows at step ``at``, on its own batch and probes: one set per quantity."""
-        batch_rng = generator("snapshot-batch", seed, at, device=device)
-        index = torch.randperm(data.num_train, generator=batch_rng, device=device)[: mon["batch_size"]]
-        x, y = inputs(data.train_images[index]), data.train_labels[index]
+        x, y = snapshot_batch(at)
         probes = generator("probes", seed, at, device=device)
         if mon["estimator"] == "ggn":
             result = ggn_trace(model, F.cross_entropy, x, y, num_probes=mon["num_probes"], generator=probes,
@@ -203,6 +269,9 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             monitored = mon["enabled"] and (step + 1) % mon["every"] == 0
+            eigen_due = mon["enabled"] and mon["eigen"]["every"] > 0 and (step + 1) % mon["eigen"]["every"] == 0
+            density_due = mon["enabled"] and i + 1 == steps_per_epoch and \
+                (step + 1) // steps_per_epoch in mon["density"]["epochs"]
             if monitored:  # logged with the snapshot: the gradient of this update
                 grad_norm = torch.linalg.vector_norm(
                     torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])
@@ -220,6 +289,10 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
                 seconds["monitor"] += _synced_time(cuda) - started
                 writer.log("metrics", metric_rows(step, "snapshot", {
                     "lr": lr_at(step - 1), "batch_loss": batch_loss, "grad_norm": grad_norm.item()}))
+            if eigen_due or density_due:
+                started = _synced_time(cuda)
+                spectral(step, eigen_due, density_due)
+                seconds["monitor"] += _synced_time(cuda) - started
             if on_step is not None:
                 on_step(step)
             writer.heartbeat()

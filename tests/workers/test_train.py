@@ -42,7 +42,9 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     configs = [tiny_config("eta=0.25"), tiny_config("eta=0.25", "monitor.num_probes=3"),
                tiny_config("eta=0.25", "monitor.enabled=false"),
                tiny_config("eta=0.25", "monitor.block_frobenius=true"),
-               tiny_config("eta=0.25", "monitor.estimator=ggn", "monitor.head=exact")]
+               tiny_config("eta=0.25", "monitor.estimator=ggn", "monitor.head=exact"),
+               tiny_config("eta=0.25", "monitor.head=exact", "monitor.eigen.every=11", "monitor.density.epochs=[1,3]",
+                           "monitor.density.steps=12", "monitor.density.deflate=2")]
     for config in configs:
         assert train(config, store)["status"] == "done"
     weights = [final_weights(store, c) for c in configs]
@@ -77,6 +79,27 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     for r in (r for r in rows(ggn) if r["quantity"] == "trace"):
         e = estimated[(r["step"], r["layer"])]
         assert abs(r["value"] - e["value"]) < 6 * (r["stderr"] ** 2 + e["stderr"] ** 2) ** 0.5 + 1e-9
+    # eigenvalues once per epoch (every 11 steps) of the whole Hessian and the head, densities after epochs 1 and 3
+    spectral = store.snapshots(run_ids=[run_id(configs[5])])
+    eigen = [r for r in rows(spectral) if r["quantity"].startswith("lambda")]
+    assert {(r["step"], r["layer"], r["quantity"]) for r in eigen} == {
+        (step, layer, q) for step in (11, 22, 33) for layer in ("(network)", "linear")
+        for q in ("lambda_max", "lambda_min")}
+    assert {r["layer_index"] for r in eigen if r["layer"] == "(network)"} == {-1}
+    by = {(r["step"], r["layer"], r["quantity"]): r for r in rows(spectral)}
+    for step in (11, 22, 33):  # the head block is PSD (F1): 0 <= lambda_min <= lambda_max <= trace, residuals small
+        head_max, head_min = by[(step, "linear", "lambda_max")], by[(step, "linear", "lambda_min")]
+        scale = head_max["value"]
+        assert -1e-3 * scale <= head_min["value"] <= scale <= by[(step, "(network)", "lambda_max")]["value"] * 1.001
+        assert head_max["stderr"] <= 1e-3 * scale * 1.0001 and head_max["probe_values"] == []
+    exact_trace = {r["step"]: r["value"] for r in rows(spectral) if r["layer"] == "linear" and r["quantity"] == "trace"}
+    assert by[(33, "linear", "lambda_max")]["value"] <= exact_trace.get(33, float("inf")) * 1.001
+    spectra = store.spectra(run_ids=[run_id(configs[5])]).to_pylist()
+    assert {(r["step"], r["layer"]) for r in spectra} == {(s, layer) for s in (11, 33) for layer in ("(network)", "linear")}
+    for r in spectra:
+        assert len(r["nodes"]) == len(r["weights"]) == 12 and len(r["outliers"]) == 2
+        assert abs(sum(r["weights"]) + 2 / r["numel"] - 1) < 1e-9 and r["lower"] < r["upper"]
+        assert r["lower"] <= min(r["outliers"]) and max(r["outliers"]) <= r["upper"]
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config):
@@ -241,6 +264,14 @@ def test_a_run_into_s3_resumes_from_its_s3_checkpoint(tmp_path, tiny_config, s3_
 
 @pytest.mark.parametrize("overrides,message", [
     (("monitor.estimator=ggn", "monitor.block_frobenius=true"), "block_frobenius=true needs Hessian-vector products"),
+    (("monitor.eigen.every=5", "monitor.eigen.layers=none", "monitor.eigen.network=false"), "nothing to compute"),
+    (("monitor.eigen.every=5", "monitor.groups=parameter"), "monitor.eigen.layers=head names the head module"),
+    (("monitor.eigen.k=11",), "max_matvecs=20 is below 2 k = 22"),
+    (("monitor.eigen.every=-1",), "monitor.eigen.every=-1 is not allowed"),
+    (("+monitor.eigen.evry=5",), "unknown key monitor.eigen.evry; known keys of monitor.eigen: every"),
+    (("monitor.density.epochs=[1,9]",), "lists \\[9\\], after the last epoch train.epochs=3"),
+    (("monitor.density.epochs=[0]",), "a list of distinct epoch numbers >= 1"),
+    (("monitor.density.deflate=40",), "deflate=40 needs monitor.density.steps >= 80"),
     (("monitor.head=exact", "monitor.groups=parameter"), "monitor.head=exact replaces the head module's row"),
 ])
 def test_monitor_combinations_that_cannot_run_are_refused(tmp_path, tiny_config, overrides, message):
@@ -258,6 +289,11 @@ def test_the_monitor_estimator_keys_at_their_defaults_leave_run_ids_as_they_were
     older = {**config, "monitor": {k: v for k, v in config["monitor"].items() if k not in ("estimator", "head")}}
     assert run_id(older) == run_id(config) and content_json(older) == content_json(config)
     assert run_id(tiny_config("monitor.estimator=ggn")) != run_id(config)
+    spectral = ("eigen", "density")
+    older = {**config, "monitor": {k: v for k, v in config["monitor"].items() if k not in spectral}}
+    assert run_id(older) == run_id(config)
+    assert run_id(tiny_config("monitor.eigen.every=11")) != run_id(config)
+    assert run_id(tiny_config("monitor.density.epochs=[1]")) != run_id(config)
 
 
 def small_mlp(*, num_classes, in_channels):

@@ -132,11 +132,11 @@ def spectral_density(
     generator: torch.Generator | None = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the Hessian of ``criterion(model(inputs), targets)``
-    (``layers=None``) or of each named diagonal block H_ll: ``num_runs`` runs of ``steps``
-    Lanczos steps from Rademacher starts drawn from ``generator``, after deflating the top
-    ``deflate`` eigenvalues when asked (their first run, of ``steps`` steps with full
-    reorthogonalisation, is extra). Eval mode; the model's flags, buffers and ``.grad``
-    are left as they were.
+    (``layers=None``) or of each named diagonal block H_ll (``(network)`` among ``layers``:
+    the whole Hessian): ``num_runs`` runs of ``steps`` Lanczos steps from Rademacher starts
+    drawn from ``generator``, after deflating the top ``deflate`` eigenvalues when asked
+    (their first run, of ``steps`` steps with full reorthogonalisation, is extra). Eval mode;
+    the model's flags, buffers and ``.grad`` are left as they were.
 
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()

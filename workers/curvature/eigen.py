@@ -87,8 +87,9 @@ def top_eigenvalues(
 ) -> TopEigen:
     """The ``k`` largest and ``k`` smallest eigenvalues of the Hessian of the mini-batch loss
     ``criterion(model(inputs), targets)`` (``layers=None``) or of each named diagonal block
-    H_ll, each from one Lanczos run of at most ``max_matvecs`` products, stopped when all 2k
-    have relative residual <= ``tol``. Start vectors are Rademacher, drawn from ``generator``
+    H_ll (``layers`` may also name ``(network)``, the whole Hessian, beside the groups),
+    each from one Lanczos run of at most ``max_matvecs`` products, stopped when all 2k have
+    relative residual <= ``tol``. Start vectors are Rademacher, drawn from ``generator``
     block after block (for ``layers=None`` the start is the first probe ``layerwise_trace``
     would draw from the same generator). Eval mode; the model's flags, buffers and
     ``.grad`` are left as they were.

@@ -160,19 +160,21 @@ def block_operators(
 ) -> tuple[float, list[tuple[str, list[int], Callable[[torch.Tensor], torch.Tensor]]]]:
     """The loss and, for each requested block, ``(name, parameter indices, matvec)``:
     ``matvec`` maps a flat vector over the block's parameters (their dtype and device) to
-    the flat H_ll x, or H x for ``layers=None`` (the block ``NETWORK``). All share one
-    retained graph (``reverse_hvp``); call inside ``evaluation_mode``. ``groups`` is a
-    resolved ``ParameterGroups``; ``layers`` None or a list of its group names."""
+    the flat H_ll x, or to H x for the block ``NETWORK`` (``layers=None`` means just that
+    one). All share one retained graph (``reverse_hvp``); call inside ``evaluation_mode``.
+    ``groups`` is a resolved ``ParameterGroups``; ``layers`` None or a list of its group
+    names, in which ``NETWORK`` may appear too."""
     if layers is None:
-        blocks = [(NETWORK, None)]
-    else:
-        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
-            raise TypeError(f"layers must be None or a list of group names, got {layers!r}")
-        unknown = [name for name in layers if name not in groups.names]
-        if unknown or not layers:
-            raise ValueError(f"layers={list(layers)} names no group or unknown groups {unknown}; "
-                             f"the groups are {groups.names}")
-        blocks = [(name, [i for i, g in enumerate(groups.group_of) if groups.names[g] == name]) for name in layers]
+        layers = [NETWORK]
+    if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+        raise TypeError(f"layers must be None or a list of group names, got {layers!r}")
+    unknown = [name for name in layers if name not in groups.names and name != NETWORK]
+    if unknown or not layers:
+        raise ValueError(f"layers={list(layers)} names no group or unknown groups {unknown}; "
+                         f"the groups are {groups.names} (and {NETWORK} for the whole Hessian)")
+    every = list(range(len(groups.params)))
+    blocks = [(name, None if name == NETWORK else
+               [i for i in every if groups.names[groups.group_of[i]] == name]) for name in layers]
     loss, products = reverse_hvp(model, criterion, inputs, targets, groups.params)
 
     def operator(indices):
@@ -185,5 +187,4 @@ def block_operators(
 
         return matvec
 
-    return loss, [(name, list(range(len(groups.params))) if idx is None else idx, operator(idx))
-                  for name, idx in blocks]
+    return loss, [(name, every if idx is None else idx, operator(idx)) for name, idx in blocks]
