@@ -14,6 +14,7 @@ from analysis.cusum import METHOD, CalibrationError
 from analysis.detection import MIN_CLEAN, Detection, autocorrelation, detect, early_false_alarms, table_rows
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
 from analysis.intervals import cohens_d, wilson
+from analysis.spectra import Density, densities, eigen_ensembles
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Results:
     notes: list[str] = field(default_factory=list)
     axes: list[str] = field(default_factory=list)  # the grid.axes keys: a column each in every table
     labels: dict[str, str] = field(default_factory=dict)  # configuration -> "arch dataset key=value ..."
+    eigen: list = field(default_factory=list)  # lambda_max ensembles (analysis.inputs.Ensemble), when logged
+    densities: list[Density] = field(default_factory=list)  # early/middle/late densities, when logged
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -94,7 +97,7 @@ def analyze(
     if len(window) != 2 or window[0] > window[1]:
         raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
     notes = list(traj.notes)
-    table1, cohens, sensitivity, detections = [], [], [], []
+    table1, cohens, sensitivity, detections, eigen, spectra = [], [], [], [], [], []
     summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer,
                "quantity": traj.quantity, "quantity_name": traj.quantity_name}
     chosen = configurations(traj)  # one pass over the table's rows
@@ -134,6 +137,8 @@ def analyze(
                     })
         if not config_detections:
             continue
+        eigen += eigen_ensembles(traj, configuration, monitored)
+        spectra += densities(traj, configuration, monitored)
         detections += config_detections
         rows, more = effect_sizes(traj, configuration, arch, dataset, window=window, resamples=resamples,
                                   rng_seed=seed * 1000 + c)
@@ -166,4 +171,6 @@ def analyze(
     for configuration, values in summary["configurations"].items():
         values["axes"] = traj.axes.get(configuration, {})
     labels = {c: traj.label(c, arch, dataset) for c, arch, dataset in chosen if c in summary["configurations"]}
-    return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels)
+    summary["spectral"] = {"lambda_max": sorted({f"{e.configuration} {e.layer}" for e in eigen}),
+                           "densities": sorted({f"{d.configuration} {d.layer} step {d.step}" for d in spectra})}
+    return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels, eigen, spectra)

@@ -10,6 +10,7 @@ without the column: arch and dataset)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 # How reports name the snapshot quantities (`ggn_trace` is never called the trace: it equals
 # it only where H_ll = G_ll, which the worker knows and then stores it as `trace`).
 QUANTITY_NAMES = {"trace": "trace", "ggn_trace": "Gauss-Newton trace", "row_energy": "block-row energy",
-                  "block_frobenius_sq": "squared Frobenius norm"}
+                  "block_frobenius_sq": "squared Frobenius norm", "lambda_max": "largest eigenvalue",
+                  "lambda_min": "smallest eigenvalue"}
 COLUMNS = ("run_id", "configuration", "arch", "dataset", "eta", "seed", "step", "epoch", "layer", "trace")
 
 
@@ -40,6 +42,8 @@ class Trajectories:
     notes: list[str] = field(default_factory=list)
     axes: dict[str, dict[str, str]] = field(default_factory=dict)  # configuration -> its grid.axes values
     quantity: str = "trace"  # which per-layer quantity the trajectories are (the column is called trace)
+    eigen: pa.Table | None = None  # lambda_max snapshot rows of the same runs, when they logged eigenvalues
+    spectra: pa.Table | None = None  # their spectral-density rows (store.schema.SPECTRA_SCHEMA + identity)
 
     @property
     def quantity_name(self) -> str:
@@ -140,8 +144,27 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
     if table.num_rows == 0 and done.num_rows:
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
+    eigen, spectra = _spectral(store, done)
     return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done),
-                        quantity=quantity)
+                        quantity=quantity, eigen=eigen, spectra=spectra)
+
+
+def _spectral(store, done: pa.Table) -> tuple[pa.Table | None, pa.Table | None]:
+    """The lambda_max rows and spectral densities of the runs that logged them (read only
+    then: a second pass over the snapshot files costs as much as the first)."""
+    from store import StoreError
+
+    monitors = [json.loads(text).get("monitor", {}) for text in done["config"].to_pylist()]
+    try:
+        eigen = None
+        if any(m.get("eigen", {}).get("every", 0) for m in monitors):
+            eigen = _check(store.snapshots(runs=done, quantity="lambda_max"), "the store", "lambda_max")
+        spectra = None
+        if any(m.get("density", {}).get("epochs") for m in monitors):
+            spectra = store.spectra(runs=done)
+    except StoreError as err:
+        raise AnalysisError(str(err)) from None
+    return eigen, spectra
 
 
 def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:

@@ -134,6 +134,8 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     ax.set(ylabel="detection epoch", title="first alerts per configuration and eta")
     made.append(("Detection epochs", _save(fig, out / "detection_epochs.png")))
 
+    made += _spectral_figures(results, out, plt, colours)
+
     for configuration in sorted({r["configuration"] for r in results.cohens_d}):
         rows = [r for r in results.cohens_d if r["configuration"] == configuration]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -150,6 +152,52 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
         ax.set(xlabel="eta", title=f"{name}: Cohen's d")
         fig.colorbar(image, ax=ax)
         made.append((f"{name}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
+    return made
+
+
+def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[tuple[str, Path]]:
+    """lambda_max trajectories (clean band, noisy runs) and densities, clean against noisy,
+    on a log scale as ../shared/seeds/004 plots them."""
+    made, label = [], results.labels.get
+    for e in results.eigen:
+        name = label(e.configuration, e.configuration)
+        clean = e.trace[e.eta == 0]
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        if len(clean):
+            mean, std = np.nanmean(clean, 0), np.nanstd(clean, 0)
+            ax.fill_between(e.epochs, mean - std, mean + std, color="tab:blue", alpha=0.25,
+                            label=f"clean mean ± sd ({len(clean)} runs)")
+            ax.plot(e.epochs, mean, color="tab:blue")
+        for eta in sorted(set(e.eta) - {0.0}):
+            for i, row in enumerate(e.trace[e.eta == eta]):
+                ax.plot(e.epochs, row, color=colours.get(round(eta, 2), "tab:gray"), lw=0.7, alpha=0.6,
+                        label=f"eta = {eta:.2f}" if i == 0 else None)
+        positive = e.trace[np.isfinite(e.trace) & (e.trace > 0)]
+        if len(positive):
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", ylabel=f"lambda_max of {e.layer}", title=f"{name}: largest eigenvalue, {e.layer}")
+        ax.legend(fontsize=7)
+        tag = f"{e.configuration}_{e.layer}".replace("/", "-")
+        made.append((f"{name}: lambda_max of {e.layer}", _save(fig, out / f"lambda_max_{tag}.png")))
+    panels: dict[tuple[str, str], list] = {}
+    for d in results.densities:
+        panels.setdefault((d.configuration, d.layer), []).append(d)
+    for (configuration, layer), shown in panels.items():
+        name = label(configuration, configuration)
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.2), squeeze=False)
+        for ax, d in zip(axes[0], shown):
+            for group, phi in d.curves.items():
+                eta = 0.0 if group == "clean" else float(group.split("=")[1])
+                ax.plot(d.grid, np.maximum(phi, phi.max() * 1e-8), lw=0.9,
+                        color="tab:blue" if group == "clean" else colours.get(round(eta, 2), "tab:gray"),
+                        label=f"{group} ({d.runs[group]})")
+            ax.set_yscale("log")
+            ax.set(xlabel="eigenvalue", title=f"epoch {d.epoch:.1f}")
+        axes[0][0].set_ylabel("density (log)")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{name}: Hessian spectral density, {layer}", fontsize=10)
+        tag = f"{configuration}_{layer}".replace("/", "-")
+        made.append((f"{name}: spectral densities of {layer}", _save(fig, out / f"density_{tag}.png")))
     return made
 
 

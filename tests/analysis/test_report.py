@@ -125,3 +125,29 @@ def test_gauss_newton_traces_are_called_so_in_every_report(tmp_path, analyze_cli
     assert "quantity: the Gauss-Newton trace\n(<code>ggn_trace</code>)" in page
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["quantity"], summary["quantity_name"]) == ("ggn_trace", "Gauss-Newton trace")
+
+
+def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda_max(tmp_path, analyze_cli):
+    store = Store.open(str(tmp_path / "s"), create=True)
+    spectral = ["monitor.eigen.every=5", "monitor.density.epochs=[1,2,3]", "monitor.density.steps=12"]
+    for config in expand(["experiment=smoke", "train.epochs=3", *spectral]).runs.values():
+        train(config, store)
+    out = tmp_path / "out"
+    done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
+    assert done.returncode == 0, done.stderr
+    check_outputs(out, "classifier")
+    assert len(list(out.glob("lambda_max_vgg11-digits-*_classifier.png"))) == 1
+    assert len(list(out.glob("lambda_max_vgg11-digits-*_(network).png"))) == 1
+    assert len(list(out.glob("density_vgg11-digits-*_classifier.png"))) == 1
+    page = (out / "report.html").read_text()
+    assert "spectral densities of classifier" in page and "lambda_max of (network)" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["spectral"]["densities"]) == 2 * 3  # head and whole Hessian at epochs 1, 2, 3
+    # the same runs' CUSUM on the largest eigenvalue of the head, and of the whole Hessian
+    for layer in ("head", "(network)"):
+        eigen = analyze_cli(f"store={tmp_path / 's'}", f"out={tmp_path / layer}", "quantity=lambda_max",
+                            f"layer={layer}", "bootstrap=200")
+        assert eigen.returncode == 0, eigen.stderr
+        assert eigen.stdout.startswith("quantity: the largest eigenvalue (lambda_max)")
+        summary = json.loads((tmp_path / layer / "summary.json").read_text())
+        assert summary["power"]["n"] == 1 and summary["false_alarm"]["n"] == 3
