@@ -31,6 +31,9 @@ SUBCOMMANDS = {
     "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
     "run-one": ("train one run in this process into a store: sweep run-one [--config-dir DIR] store=DIR "
                 "arch=resnet18 dataset=digits eta=0.25 seed=0 [key=value ...]"),
+    "curvature": ("the Hessian spectrum of one stored run at its checkpoint: sweep curvature store=PATH run=RUN_ID "
+                  "[layers=head|all|none] [network=true] [k=3] [max_matvecs=64] [steps=64] [num_runs=1] "
+                  "[deflate=0] [batch_size=N] [device=cpu] [seed=0] [out=FILE.png]"),
     "data": "download or verify datasets: sweep data download|verify dataset=cifar10 root=DIR [url=URL] [md5=HEX]",
 }
 # Errors a user can cause, by the module that defines them: a module not yet imported
@@ -275,6 +278,33 @@ def run_one(overrides: list[str], config_dir: str | None = None) -> int:
     return 0
 
 
+def curvature(words: list[str]) -> int:
+    options = parse("curvature", words, {
+        "store": _store_name, "run": text, "layers": text, "network": boolean, "k": number(at_least=1, integer=True),
+        "max_matvecs": number(at_least=2, integer=True), "tol": number(above=0),
+        "steps": number(at_least=2, integer=True),
+        "num_runs": number(at_least=1, integer=True), "deflate": number(at_least=0, integer=True),
+        "batch_size": number(at_least=1, integer=True), "device": text, "seed": number(at_least=0, integer=True),
+        "out": text}, required=("store", "run"))
+    if options.get("layers", "head") not in ("head", "all", "none"):
+        raise UsageError(f"layers={options['layers']} is not one of head, all, none")
+    if options.get("layers") == "none" and not options.get("network", True):
+        raise UsageError("layers=none with network=false leaves nothing to examine")
+    store = _open(options["store"])
+    if options["run"] not in store.run_ids():
+        raise UsageError(f"no run {options['run']} in {store.uri}; `sweep status store={store.uri}` lists its runs")
+    from workers.examine import examine, plot, table
+
+    keys = ("layers", "network", "k", "max_matvecs", "tol", "steps", "num_runs", "deflate", "batch_size", "device",
+            "seed")
+    examined = examine(store, options["run"], **{key: options[key] for key in keys if key in options})
+    print(table(examined))
+    if "out" in options:
+        plot(examined, options["out"])
+        print(f"density: {options['out']}")
+    return 0
+
+
 def data(words: list[str]) -> int:
     if not words or words[0] not in ("download", "verify"):
         raise UsageError("usage: sweep data download|verify dataset=cifar10|cifar100 root=DIR [url=URL] [md5=HEX]")
@@ -293,7 +323,8 @@ def data(words: list[str]) -> int:
 
 
 COMMANDS = {"launch": launch, "resume": resume, "status": status, "check": check, "export": export,
-            "analyze": analyze, "forget": forget, "store": store_command, "run-one": run_one, "data": data}
+            "analyze": analyze, "forget": forget, "store": store_command, "run-one": run_one, "curvature": curvature,
+            "data": data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def snapshot_images(data, *, seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training mini-batch (images not yet normalised, noisy labels) every quantity of
+    step ``step`` is computed on, from its own generator: the same for any later reader."""
+    device = data.train_labels.device
+    batch_rng = generator("snapshot-batch", seed, step, device=device)
+    index = torch.randperm(data.num_train, generator=batch_rng, device=device)[:batch_size]
+    return data.train_images[index], data.train_labels[index]
+
+
 def per_layer_rows(base: dict, layers: list[str], numel: list[int], quantity: str,
                    values: torch.Tensor) -> list[dict]:
     """Snapshot rows of one per-layer quantity from its per-probe values [K, L]: the mean,
@@ -182,10 +191,8 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
     group_index = {name: i for i, name in enumerate(parameter_groups(model, mon["groups"]).names)}
 
     def snapshot_batch(at: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training mini-batch every quantity of step ``at`` is computed on."""
-        batch_rng = generator("snapshot-batch", seed, at, device=device)
-        index = torch.randperm(data.num_train, generator=batch_rng, device=device)[: mon["batch_size"]]
-        return inputs(data.train_images[index]), data.train_labels[index]
+        x, y = snapshot_images(data, seed=seed, step=at, batch_size=mon["batch_size"])
+        return inputs(x), y
 
     def blocks(spec: dict) -> list[str]:
         """The blocks a spectral option names: (network) and/or the head or every group."""

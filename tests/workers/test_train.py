@@ -95,7 +95,8 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     exact_trace = {r["step"]: r["value"] for r in rows(spectral) if r["layer"] == "linear" and r["quantity"] == "trace"}
     assert by[(33, "linear", "lambda_max")]["value"] <= exact_trace.get(33, float("inf")) * 1.001
     spectra = store.spectra(run_ids=[run_id(configs[5])]).to_pylist()
-    assert {(r["step"], r["layer"]) for r in spectra} == {(s, layer) for s in (11, 33) for layer in ("(network)", "linear")}
+    assert {(r["step"], r["layer"]) for r in spectra} == {(s, layer) for s in (11, 33)
+                                                          for layer in ("(network)", "linear")}
     for r in spectra:
         assert len(r["nodes"]) == len(r["weights"]) == 12 and len(r["outliers"]) == 2
         assert abs(sum(r["weights"]) + 2 / r["numel"] - 1) < 1e-9 and r["lower"] < r["upper"]
