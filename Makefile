@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_curvature
 	$(PY) -m tests.benchmarks.bench_monitor
+	$(PY) -m tests.benchmarks.bench_spectrum
 	$(PY) -m tests.benchmarks.bench_analysis
 	$(PY) -m tests.benchmarks.bench_worker
 	$(PY) -m tests.benchmarks.bench_sweep

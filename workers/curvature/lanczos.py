@@ -122,12 +122,15 @@ def lanczos(
         raise ValueError(f"v0 has norm {float(norm)}; it must be finite and nonzero")
     steps = min(steps, len(v0))  # a Krylov space has at most n dimensions
     q = v0 / norm.to(v0.dtype)
-    basis = [q] if reorthogonalize == "full" else None
+    # the basis is allocated once: stacking it anew at every step would copy m x n values per step
+    basis = torch.empty((steps, len(v0)), dtype=v0.dtype, device=v0.device) if reorthogonalize == "full" else None
     alphas: list[float] = []
     betas: list[float] = []
     previous, beta = None, 0.0
     scale = 0.0
     for j in range(steps):
+        if basis is not None:
+            basis[j] = q
         w = matvec(q)
         if not isinstance(w, torch.Tensor) or w.shape != q.shape:
             raise ValueError(f"matvec returned {getattr(w, 'shape', type(w).__name__)}; it must return a tensor "
@@ -140,9 +143,9 @@ def lanczos(
         if previous is not None:
             w = w - beta * previous
         if basis is not None:
-            stacked = torch.stack(basis)
+            kept = basis[: j + 1]
             for _ in range(2):  # "twice is enough" (Kahan; Parlett, section 6.9)
-                w = w - stacked.T @ (stacked @ w)
+                w = w - kept.T @ (kept @ w)
         beta = float(torch.linalg.vector_norm(w.to(torch.float64)))
         alphas.append(alpha)
         betas.append(beta)
@@ -155,8 +158,6 @@ def lanczos(
             if bool(converged_ends(values, beta * vectors[-1].abs(), k=k, tol=tol).all()):
                 break
         previous, q = q, w / beta
-        if basis is not None:
-            basis.append(q)
     values, vectors = _tridiagonal_eig(alphas, betas)
     last = 0.0 if invariant else betas[-1]
     return LanczosRun(
@@ -166,7 +167,7 @@ def lanczos(
         ritz_weights=vectors[0] ** 2,
         residuals=last * vectors[-1].abs(),
         matvecs=len(alphas),
-        basis=None if basis is None else torch.stack(basis),
+        basis=None if basis is None else basis[: len(alphas)],
         eigenvectors=vectors,
     )
 
