@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sweep.cli import SUBCOMMANDS
-from workers.curvature import ggn_trace, layerwise_trace
+from workers.curvature import ggn_trace, layerwise_trace, spectral_density, top_eigenvalues
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_help_lists_every_subcommand_without_importing_torch():
     for name in SUBCOMMANDS:
         assert name in out.stdout
     assert set(SUBCOMMANDS) == {"launch", "resume", "status", "check", "export", "analyze", "forget", "store",
-                                "run-one", "data"}
+                                "run-one", "curvature", "data"}
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
@@ -37,6 +37,12 @@ def test_monitor_config_composes_into_estimator_arguments():
     assert (monitor.pop("every"), monitor.pop("batch_size"), monitor["num_probes"]) == (100, 128, 10)
     assert monitor.pop("enabled") is True
     assert (monitor.pop("estimator"), monitor.pop("head")) == ("hessian", "probes")  # which estimator, not its options
+    # the spectral options: when and on which blocks, then keyword arguments of their estimators
+    for key, estimator, chooser in (("eigen", top_eigenvalues, ("every", "layers", "network")),
+                                    ("density", spectral_density, ("epochs", "layers", "network"))):
+        options = {k: v for k, v in dict(monitor.pop(key)).items() if k not in chooser}
+        keywords = {name for name, p in inspect.signature(estimator).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert options and set(options) <= keywords, key
     accepted = inspect.signature(layerwise_trace).parameters
     assert set(monitor) <= {name for name, p in accepted.items() if p.kind is p.KEYWORD_ONLY}
     ggn = inspect.signature(ggn_trace).parameters
