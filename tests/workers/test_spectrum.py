@@ -303,3 +303,14 @@ def test_smooth_density_bad_arguments():
         smooth_density(torch.zeros(3), torch.zeros(3), lower=1, upper=1)
     with pytest.raises(ValueError, match="kappa=1"):
         smooth_density(torch.zeros(3), torch.zeros(3), lower=0, upper=1, kappa=1)
+
+
+def test_float32_breakdown_on_a_nearly_zero_low_rank_operator_stops_instead_of_blowing_up():
+    # a saturated softmax head: the block is ~1e-10 and of low rank; in float32 the Krylov space is
+    # exhausted after a few steps, and going on would reorthogonalise rounding noise into NaN
+    g = torch.Generator().manual_seed(9)
+    u, _ = torch.linalg.qr(torch.randn(650, 3, generator=g, dtype=torch.float64))
+    a = (1e-10 * u @ torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)) @ u.T).float()
+    run = lanczos(lambda v: a @ v, torch.ones(650), steps=64)
+    assert run.steps <= 6 and torch.isfinite(run.ritz_values).all()
+    assert torch.allclose(run.ritz_values[-1], torch.tensor(3e-10, dtype=torch.float64), rtol=1e-4)

@@ -103,8 +103,9 @@ def lanczos(
     """Run at most ``steps`` Lanczos steps of the symmetric operator ``matvec`` (a 1-D
     tensor to one of the same shape) from ``v0``. With ``tol``, stop as soon as the ``k``
     largest and ``k`` smallest Ritz values have residuals <= tol * max|theta|. It also stops
-    when the Krylov space is invariant (beta below 1e-10 of the operator's scale: the Ritz
-    values are then eigenvalues and the residuals zero). Vectors stay in ``v0``'s dtype
+    when the Krylov space is invariant to working precision (beta below 1e-10 of the
+    operator's scale, 1.2e-6 in float32: the Ritz values are then eigenvalues of the operator
+    as far as its products can tell, and the residuals zero). Vectors stay in ``v0``'s dtype
     and device; every inner product and the tridiagonal are float64.
 
     >>> a = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
@@ -128,6 +129,12 @@ def lanczos(
     betas: list[float] = []
     previous, beta = None, 0.0
     scale = 0.0
+    # Breakdown: below 1e-10 of the operator's scale (10 eps in float32, where the products
+    # themselves carry errors of eps ||A||) the next vector is rounding noise, which the
+    # reorthogonalisation cannot make orthogonal again: its ghosts then grow without bound.
+    # The tiny/eps floor keeps a division by beta inside the dtype's normal range.
+    relative = max(1e-10, 10 * torch.finfo(v0.dtype).eps)
+    smallest = torch.finfo(v0.dtype).tiny / torch.finfo(v0.dtype).eps
     for j in range(steps):
         if basis is not None:
             basis[j] = q
@@ -150,7 +157,7 @@ def lanczos(
         alphas.append(alpha)
         betas.append(beta)
         scale = max(scale, abs(alpha) + beta + (betas[-2] if len(betas) > 1 else 0.0))
-        invariant = beta <= 1e-10 * scale
+        invariant = beta <= max(relative * scale, smallest)
         if invariant or j + 1 == steps:
             break
         if tol is not None and j + 1 >= 2 * k:
