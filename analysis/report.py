@@ -192,6 +192,8 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
                         color="tab:blue" if group == "clean" else colours.get(round(eta, 2), "tab:gray"),
                         label=f"{group} ({d.runs[group]})")
             ax.set_yscale("log")
+            ax.locator_params(axis="x", nbins=4)  # one run's outlier can stretch the range to 1e5
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
             ax.set(xlabel="eigenvalue", title=f"epoch {d.epoch:.1f}")
         axes[0][0].set_ylabel("density (log)")
         axes[0][0].legend(fontsize=7)
