@@ -173,8 +173,9 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
                 ax.plot(e.epochs, row, color=colours.get(round(eta, 2), "tab:gray"), lw=0.7, alpha=0.6,
                         label=f"eta = {eta:.2f}" if i == 0 else None)
         positive = e.trace[np.isfinite(e.trace) & (e.trace > 0)]
-        if len(positive):
+        if len(positive):  # log scale, its floor at the 1st percentile: a saturated head's 1e-9 would flatten the rest
             ax.set_yscale("log")
+            ax.set_ylim(bottom=float(np.percentile(positive, 1)) / 2)
         ax.set(xlabel="epoch", ylabel=f"lambda_max of {e.layer}", title=f"{name}: largest eigenvalue, {e.layer}")
         ax.legend(fontsize=7)
         tag = f"{e.configuration}_{e.layer}".replace("/", "-")
