@@ -73,9 +73,12 @@ def _density(rows: pa.Table, configuration: str, layer: str, step: int, points: 
     curves, runs, grid = {}, {}, None
     for name in sorted(groups, key=lambda g: (g != "clean", g)):
         members = groups[name]
-        nodes = [r["nodes"] + r["outliers"] for r in members]
-        weights = [r["weights"] + [1 / r["numel"]] * len(r["outliers"]) for r in members]
-        grid, phi = smooth(np.array(nodes), np.array(weights), lower=lower, upper=upper, points=points,
-                           steps=len(members[0]["nodes"]))
+        width = max(len(r["nodes"]) + len(r["outliers"]) for r in members)  # runs may deflate different counts
+        nodes, weights = np.zeros((len(members), width)), np.zeros((len(members), width))
+        for i, r in enumerate(members):
+            values = r["nodes"] + r["outliers"]
+            nodes[i, : len(values)] = values
+            weights[i, : len(values)] = r["weights"] + [1 / r["numel"]] * len(r["outliers"])
+        grid, phi = smooth(nodes, weights, lower=lower, upper=upper, points=points, steps=len(members[0]["nodes"]))
         curves[name], runs[name] = phi.numpy(), len({r["run_id"] for r in members})
     return Density(configuration, layer, step, records[0]["epoch"], grid.numpy(), curves, runs)

@@ -97,7 +97,7 @@ def spectra_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
     return [{**base, "layer": name, "layer_index": index.get(name, -1), "numel": result.numel[i],
              "lanczos_run": r, "nodes": result.nodes[r, i].tolist(), "weights": result.weights[r, i].tolist(),
              "lower": float(result.bounds[i, 0]), "upper": float(result.bounds[i, 1]),
-             "outliers": result.outliers[i].tolist()}
+             "outliers": [v for v in result.outliers[i].tolist() if math.isfinite(v)]}
             for i, name in enumerate(result.layers) for r in range(result.nodes.shape[0])]
 
 

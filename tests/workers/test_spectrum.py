@@ -314,3 +314,18 @@ def test_float32_breakdown_on_a_nearly_zero_low_rank_operator_stops_instead_of_b
     run = lanczos(lambda v: a @ v, torch.ones(650), steps=64)
     assert run.steps <= 6 and torch.isfinite(run.ritz_values).all()
     assert torch.allclose(run.ritz_values[-1], torch.tensor(3e-10, dtype=torch.float64), rtol=1e-4)
+
+
+def test_deflation_of_a_block_whose_krylov_space_holds_fewer_pairs_than_asked():
+    model, (criterion, x, y), h, slices, names = dense_case(CASES[0])
+    small = names[-1]  # the head of the MLP: 18 parameters, with a repeated eigenvalue (softmax: rank deficient)
+    block = torch.linalg.eigvalsh(h[slices[-1], slices[-1]])
+    scale = block.abs().max()
+    distinct = block[torch.cat([torch.tensor([True]), block.diff() > 1e-6 * scale])].flip(0)  # descending
+    slq = spectral_density(model, criterion, x, y, layers=[small], steps=40, deflate=17,
+                           generator=torch.Generator().manual_seed(3))
+    found = slq.outliers[0][slq.outliers[0].isfinite()]
+    assert 0 < len(found) == len(distinct) < 17  # the Krylov space held only the distinct eigenvalues
+    assert torch.allclose(found, distinct, atol=1e-8 * scale) and torch.isfinite(slq.smoothed(0)[1]).all()
+    with pytest.raises(ValueError, match="deflate=18 leaves nothing of block 2 \\(18 parameters\\)"):
+        spectral_density(model, criterion, x, y, layers=[small], steps=40, deflate=18)

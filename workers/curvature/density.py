@@ -53,7 +53,8 @@ class SpectralDensity:
     or on an invariant Krylov space, is padded with weight 0), ``bounds`` [L', 2] (lowest
     theta - r and highest theta + r of the runs and outliers), ``outliers`` [L', d] (the
     deflated top eigenvalues, descending, each of mass 1/numel; the runs' weights then sum
-    to (numel - d)/numel), ``matvecs`` [L'] and ``reorthogonalized`` [L']."""
+    to (numel - d)/numel; NaN-padded where a block's Krylov space held fewer than d),
+    ``matvecs`` [L'] and ``reorthogonalized`` [L']."""
 
     layers: list[str]
     numel: list[int]
@@ -70,6 +71,7 @@ class SpectralDensity:
         """``smooth_density`` of block ``layer`` (an index), outliers included as atoms."""
         nodes, weights = self.nodes[:, layer], self.weights[:, layer]
         outliers = self.outliers[layer]
+        outliers = outliers[outliers.isfinite()]
         if len(outliers):
             atoms = outliers.expand(len(nodes), -1)
             nodes = torch.cat([nodes, atoms], 1)
@@ -167,6 +169,9 @@ def spectral_density(
                 return torch.cat([z.reshape(-1) for z in draw_probe(params, distribution="rademacher",
                                                                     generator=generator)])
 
+            if deflate >= n:
+                raise ValueError(f"deflate={deflate} leaves nothing of block {name} ({n} parameters); deflate fewer "
+                                 "eigenvalues than the block has")
             names.append(name)
             numel.append(n)
             mode = reorthogonalize
@@ -199,7 +204,8 @@ def _block_quadrature(matvec, start, n: int, *, steps: int, num_runs: int, defla
     if deflate:
         first = lanczos(matvec, start(), steps=steps, reorthogonalize="full")
         count += first.matvecs
-        top = list(range(first.steps - 1, first.steps - 1 - deflate, -1))
+        # an invariant Krylov space may hold fewer pairs than asked: those are exact, deflate them
+        top = list(range(first.steps - 1, max(first.steps - 1 - deflate, -1), -1))
         outliers = first.ritz_values[top]
         lows.append(float((outliers - first.residuals[top]).min()))
         highs.append(float((outliers + first.residuals[top]).max()))
@@ -224,7 +230,8 @@ def _block_quadrature(matvec, start, n: int, *, steps: int, num_runs: int, defla
         weights[r, : run.steps] = run.ritz_weights * mass
         lows.append(float(run.ritz_values[0] - run.residuals[0]))
         highs.append(float(run.ritz_values[-1] + run.residuals[-1]))
-    return nodes, weights, torch.tensor([min(lows), max(highs)], dtype=torch.float64), outliers, count
+    padded = torch.cat([outliers, torch.full((deflate - len(outliers),), math.nan, dtype=torch.float64)])
+    return nodes, weights, torch.tensor([min(lows), max(highs)], dtype=torch.float64), padded, count
 
 
 def _nan_block(steps: int, num_runs: int, deflate: int):
