@@ -1,5 +1,5 @@
 """Layer-wise Hessian traces (../shared/seeds/000, sections 2-4), extreme eigenvalues (002) and
-spectral densities (004), global and per block."""
+spectral densities (004), global and per block, and the Gauss-Newton / tensor split (001, 004)."""
 
 from workers.curvature.density import SpectralDensity, smooth_density, spectral_density
 from workers.curvature.eigen import TopEigen, top_eigenvalues
@@ -8,6 +8,7 @@ from workers.curvature.groups import ParameterGroups, parameter_groups
 from workers.curvature.head import HeadCurvature, head_curvature
 from workers.curvature.lanczos import LanczosRun, lanczos
 from workers.curvature.reference import blockwise_trace, network_trace
+from workers.curvature.split import GaussNewtonSplit, gauss_newton_split
 from workers.curvature.trace import LayerwiseTrace, layerwise_trace
 from workers.curvature.variance import (
     CriticalProbeCount,
@@ -19,6 +20,7 @@ from workers.curvature.variance import (
 __all__ = [
     "CriticalProbeCount",
     "GGNTrace",
+    "GaussNewtonSplit",
     "HeadCurvature",
     "LanczosRun",
     "LayerwiseTrace",
@@ -28,6 +30,7 @@ __all__ = [
     "block_variance",
     "blockwise_trace",
     "critical_probe_count",
+    "gauss_newton_split",
     "ggn_trace",
     "head_curvature",
     "lanczos",

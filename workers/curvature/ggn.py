@@ -51,9 +51,9 @@ class GGNTrace(ProbeEstimate):
         return {"ggn_trace": self.probe_values}
 
 
-def check_cross_entropy(criterion: Callable) -> None:
+def check_cross_entropy(criterion: Callable, who: str = "ggn_trace") -> None:
     """Refuse a criterion other than the mean cross-entropy on class indices, the loss
-    whose output-space Hessian diag(p) - p p^T the estimator's square root assumes."""
+    whose output-space Hessian diag(p) - p p^T the Gauss-Newton estimators assume."""
     if criterion is F.cross_entropy:
         return
     if isinstance(criterion, nn.CrossEntropyLoss):
@@ -64,11 +64,21 @@ def check_cross_entropy(criterion: Callable) -> None:
         ) if bad]
         if not problems:
             return
-        raise ValueError(f"ggn_trace needs the plain mean cross-entropy; this CrossEntropyLoss has "
+        raise ValueError(f"{who} needs the plain mean cross-entropy; this CrossEntropyLoss has "
                          f"{', '.join(problems)}")
-    raise ValueError(f"ggn_trace supports torch.nn.functional.cross_entropy or nn.CrossEntropyLoss() only (its "
+    raise ValueError(f"{who} supports torch.nn.functional.cross_entropy or nn.CrossEntropyLoss() only (its "
                      f"output-space Hessian is diag(p) - p p^T); got {criterion!r}. Use layerwise_trace for other "
                      "losses")
+
+
+def checked_logits(logits, targets, who: str = "ggn_trace") -> torch.Tensor:
+    """``logits`` when they are (N, C) and the targets class indices; else a ValueError."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"{who} needs logits of shape (N, C); the model returned "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.ndim != 1:
+        raise ValueError(f"{who} needs targets as a 1-D tensor of class indices")
+    return logits
 
 
 def ggn_trace(
@@ -101,12 +111,7 @@ def ggn_trace(
     check_generator(generator, resolved.params)
     like = resolved.params[0]
     with evaluation_mode(model):
-        logits = model(inputs)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ValueError(f"ggn_trace needs logits of shape (N, C); the model returned "
-                             f"{getattr(logits, 'shape', type(logits).__name__)}")
-        if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.ndim != 1:
-            raise ValueError("ggn_trace needs targets as a 1-D tensor of class indices")
+        logits = checked_logits(model(inputs), targets)
         loss = float(checked_loss(criterion(logits, targets)).detach())
         n, c = logits.shape
         p = torch.softmax(logits.detach(), dim=1)
