@@ -1,6 +1,7 @@
 """Layer-wise Hessian traces (../shared/seeds/000, sections 2-4), extreme eigenvalues (002) and
 spectral densities (004), global and per block, and the Gauss-Newton / tensor split (001, 004)."""
 
+from workers.curvature.blocks import InterlayerBlocks, gn_gap, interlayer_blocks, stable_rank
 from workers.curvature.density import SpectralDensity, smooth_density, spectral_density
 from workers.curvature.eigen import TopEigen, top_eigenvalues
 from workers.curvature.ggn import GGNTrace, ggn_trace
@@ -22,6 +23,7 @@ __all__ = [
     "GGNTrace",
     "GaussNewtonSplit",
     "HeadCurvature",
+    "InterlayerBlocks",
     "LanczosRun",
     "LayerwiseTrace",
     "ParameterGroups",
@@ -32,7 +34,9 @@ __all__ = [
     "critical_probe_count",
     "gauss_newton_split",
     "ggn_trace",
+    "gn_gap",
     "head_curvature",
+    "interlayer_blocks",
     "lanczos",
     "layerwise_trace",
     "network_trace",
@@ -40,5 +44,6 @@ __all__ = [
     "single_pass_variance",
     "smooth_density",
     "spectral_density",
+    "stable_rank",
     "top_eigenvalues",
 ]

@@ -89,10 +89,11 @@ class GaussNewtonSplit:
 
 
 def split_products(model: nn.Module, criterion: Callable, inputs, targets, params: list[torch.Tensor]
-                   ) -> tuple[float, Callable[[Probe], tuple[Probe, Probe]]]:
-    """The loss and a function z -> (H z, G z) over ``params``, both on one forward pass and
-    its retained graph. Call inside ``evaluation_mode``; the criterion must be the mean
-    cross-entropy (``ggn.check_cross_entropy``)."""
+                   ) -> tuple[float, Callable[..., tuple[Probe | None, Probe | None]]]:
+    """The loss and a function ``products(z, hessian=True, ggn=True)`` -> (H z, G z) over
+    ``params`` (None for a product not asked for), both on one forward pass and its retained
+    graph. Call inside ``evaluation_mode``; the criterion must be the mean cross-entropy
+    (``ggn.check_cross_entropy``)."""
     logits = checked_logits(model(inputs), targets, "gauss_newton_split")
     loss = checked_loss(criterion(logits, targets))
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
@@ -107,14 +108,19 @@ def split_products(model: nn.Module, criterion: Callable, inputs, targets, param
     def zeros_for_none(tensors) -> Probe:
         return [torch.zeros_like(q) if t is None else t for t, q in zip(tensors, params)]
 
-    def products(z: Probe) -> tuple[Probe, Probe]:
-        hz = torch.autograd.grad([grads[i] for i in live], params, grad_outputs=[z[i] for i in live],
-                                 retain_graph=True, allow_unused=True) if live else [None] * len(params)
-        jz = torch.autograd.grad([transposed[i] for i in reached], u0, grad_outputs=[z[i] for i in reached],
-                                 retain_graph=True)[0]
-        u = (p * jz - p * (p * jz).sum(1, keepdim=True)) / n  # H_n (J z)_n / N
-        gz = torch.autograd.grad(logits, params, grad_outputs=u, retain_graph=True, allow_unused=True)
-        return zeros_for_none(hz), zeros_for_none(gz)
+    def products(z: Probe, hessian: bool = True, ggn: bool = True) -> tuple[Probe | None, Probe | None]:
+        hz = gz = None
+        if hessian:
+            hz = zeros_for_none(torch.autograd.grad(
+                [grads[i] for i in live], params, grad_outputs=[z[i] for i in live], retain_graph=True,
+                allow_unused=True) if live else [None] * len(params))
+        if ggn:
+            jz = torch.autograd.grad([transposed[i] for i in reached], u0, grad_outputs=[z[i] for i in reached],
+                                     retain_graph=True)[0]
+            u = (p * jz - p * (p * jz).sum(1, keepdim=True)) / n  # H_n (J z)_n / N
+            gz = zeros_for_none(torch.autograd.grad(logits, params, grad_outputs=u, retain_graph=True,
+                                                    allow_unused=True))
+        return hz, gz
 
     return float(loss.detach()), products
 
