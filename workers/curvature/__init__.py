@@ -9,6 +9,7 @@ from workers.curvature.groups import ParameterGroups, parameter_groups
 from workers.curvature.head import HeadCurvature, head_curvature
 from workers.curvature.lanczos import LanczosRun, lanczos
 from workers.curvature.reference import blockwise_trace, network_trace
+from workers.curvature.sketch import SketchedTrace, sketched_trace
 from workers.curvature.split import GaussNewtonSplit, gauss_newton_split
 from workers.curvature.trace import LayerwiseTrace, layerwise_trace
 from workers.curvature.variance import (
@@ -27,6 +28,7 @@ __all__ = [
     "LanczosRun",
     "LayerwiseTrace",
     "ParameterGroups",
+    "SketchedTrace",
     "SpectralDensity",
     "TopEigen",
     "block_variance",
@@ -42,6 +44,7 @@ __all__ = [
     "network_trace",
     "parameter_groups",
     "single_pass_variance",
+    "sketched_trace",
     "smooth_density",
     "spectral_density",
     "stable_rank",
