@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_curvature
 	$(PY) -m tests.benchmarks.bench_monitor
 	$(PY) -m tests.benchmarks.bench_spectrum
+	$(PY) -m tests.benchmarks.bench_split
 	$(PY) -m tests.benchmarks.bench_analysis
 	$(PY) -m tests.benchmarks.bench_worker
 	$(PY) -m tests.benchmarks.bench_sweep
