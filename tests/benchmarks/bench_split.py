@@ -12,6 +12,9 @@ steps:
    of each layer's estimate over 20 seeds on one batch, as a ratio, next to the layer's
    off-block fraction rho_l = 1 - ||H_ll||_F^2 / sum_m ||H_lm||_F^2 (from the same call of
    ``layerwise_trace(block_frobenius=True)``): the notes predict Hutch++ loses where rho_l > 1/2.
+3. Within blocks (VGG-11): XTrace on 12 restricted products per layer against block-restricted
+   Hutchinson (``blockwise_trace``) with 12 per layer, over 10 seeds: whether a block's own
+   spectrum is low-rank enough for a sketch to pay, at L times the single pass's products.
 
     python -m tests.benchmarks.bench_split
 """
@@ -26,7 +29,14 @@ from torch.func import functional_call, jvp, vjp
 
 from tests.benchmarks.bench_curvature import median_seconds as seconds
 from tests.benchmarks.bench_monitor import trained
-from workers.curvature import gauss_newton_split, interlayer_blocks, layerwise_trace, parameter_groups, sketched_trace
+from workers.curvature import (
+    blockwise_trace,
+    gauss_newton_split,
+    interlayer_blocks,
+    layerwise_trace,
+    parameter_groups,
+    sketched_trace,
+)
 from workers.curvature.hvp import evaluation_mode
 from workers.curvature.probes import draw_probe
 from workers.curvature.split import split_products
@@ -128,11 +138,34 @@ def hutchpp_against_single_pass(arch: str, width: float, seeds: int = 20) -> Non
     print(f"  rho_l over layers: median {rho.median():.2f}, range {rho.min():.2f}-{rho.max():.2f}")
 
 
+def xtrace_within_blocks(arch: str, width: float, seeds: int = 10) -> None:
+    model, _, x, y, _ = trained(arch, width)
+    ce = F.cross_entropy
+    block = torch.stack([blockwise_trace(model, ce, x, y, num_probes=12, generator=torch.Generator().manual_seed(s))
+                         .mean(0) for s in range(seeds)])
+    xtrace = torch.stack([sketched_trace(model, ce, x, y, budget=12, method="xtrace",
+                                         generator=torch.Generator().manual_seed(s)).trace for s in range(seeds)])
+    single = torch.stack([layerwise_trace(model, ce, x, y, num_probes=12, generator=torch.Generator().manual_seed(s))
+                          .trace for s in range(seeds)])
+    numel = parameter_groups(model).numel
+    large = torch.tensor([n > 12 for n in numel])  # blocks of <= 12 parameters XTrace computes exactly
+    ratio = xtrace.var(0)[large] / block.var(0)[large]
+    # at equal products: XTrace spends 12 L; the single pass at K = 12 L would have 1/L of its K = 12 variance
+    equal = xtrace.var(0)[large] / (single.var(0)[large] / len(numel))
+    print(f"\n{arch} width {width}: within blocks, XTrace (12 restricted products per layer) / block-restricted "
+          f"Hutchinson (12 per layer), variance over {seeds} seeds, {int(large.sum())} layers of > 12 parameters")
+    print(f"  median {ratio.median():.3f}, range {ratio.min():.3f}-{ratio.max():.3f}; XTrace wins in "
+          f"{int((ratio < 1).sum())} of {len(ratio)}")
+    print(f"  against the single pass at the same 12 L = {12 * len(numel)} products: variance ratio median "
+          f"{equal.median():.3f}, range {equal.min():.3f}-{equal.max():.3f}; XTrace wins in {int((equal < 1).sum())}")
+
+
 def main() -> None:
     for arch in ("resnet18", "vgg11"):
         costs(arch, 0.125)
     for arch in ("resnet18", "vgg11"):
         hutchpp_against_single_pass(arch, 0.125)
+    xtrace_within_blocks("vgg11", 0.125)
 
 
 if __name__ == "__main__":

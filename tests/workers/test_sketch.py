@@ -12,7 +12,7 @@ from tests.workers.test_curvature import _assert_unchanged, _bn_dropout_model, _
 from tests.workers.test_split import dense_split
 from workers.curvature import parameter_groups
 from workers.curvature.probes import draw_probe
-from workers.curvature.sketch import sketched_trace
+from workers.curvature.sketch import sketched_trace, xtrace_estimates
 
 
 def dense_reference(h, slices, params, *, budget, sketch, seed):
@@ -79,7 +79,8 @@ def test_sketched_trace_leaves_the_model_as_it_was():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(method="xtrace"), "method='xtrace' is not one of \\('hutch\\+\\+',\\) \\(XTrace is not built yet\\)"),
+    (dict(method="xtrace", budget=7), "budget=7; XTrace needs an even budget"),
+    (dict(method="hutch"), "method='hutch' is not one of \\('hutch\\+\\+', 'xtrace'\\)"),
     (dict(budget=2), "budget=2"),
     (dict(budget=6, sketch=3), "sketch=3 leaves no residual probe of budget=6"),
     (dict(sketch=0), "sketch=0"),
@@ -88,3 +89,44 @@ def test_bad_arguments(kwargs, message):
     model, criterion, x, y = make(CASES[0])
     with pytest.raises(ValueError, match=message):
         sketched_trace(model, criterion, x, y, **kwargs)
+
+
+def leave_one_out(a, tests):
+    """XTrace by its definition: for each i, the basis of A W without column i, its exact
+    trace, and Hutchinson with w_i on the rest."""
+    estimates = []
+    for i in range(tests.shape[1]):
+        q, _ = torch.linalg.qr(a @ torch.cat([tests[:, :i], tests[:, i + 1:]], 1))
+        p = torch.eye(len(a), dtype=a.dtype) - q @ q.T
+        estimates.append((q.T @ a @ q).trace() + tests[:, i] @ p @ a @ p @ tests[:, i])
+    return torch.stack(estimates)
+
+
+def test_xtrace_equals_its_leave_one_out_definition_and_is_unbiased():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    a = a + a.T
+    tests = torch.randint(0, 2, (30, 5), generator=g).double() * 2 - 1
+    assert torch.allclose(xtrace_estimates(lambda v: a @ v, tests), leave_one_out(a, tests), atol=1e-12)
+    runs = torch.stack([xtrace_estimates(lambda v: a @ v, torch.randint(
+        0, 2, (30, 5), generator=torch.Generator().manual_seed(s)).double() * 2 - 1).mean() for s in range(2000)])
+    assert abs(runs.mean() - a.trace()) <= 4 * runs.std() / 2000**0.5
+
+
+@pytest.mark.parametrize("case", [CASES[1], DEEP, RELU_BN], ids=lambda c: c.id)
+def test_per_layer_xtrace_equals_the_dense_reference_and_exact_small_blocks(case):
+    model, criterion, x, y = make(case)
+    h, _, slices = dense_split(model, x, y)
+    groups = parameter_groups(model)
+    est = sketched_trace(model, criterion, x, y, budget=8, method="xtrace", generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    for l, s in enumerate(slices):
+        block = h[s, s]
+        if len(block) <= 8:  # small blocks: exact, from unit vectors
+            assert torch.allclose(est.probe_values[:, l], block.trace().expand(4), atol=1e-12)
+            continue
+        params = [p for p, gi in zip(groups.params, groups.group_of) if gi == l]
+        tests = torch.stack([torch.cat([t.reshape(-1) for t in draw_probe(params, distribution="rademacher",
+                                                                          generator=g)]) for _ in range(4)], 1)
+        assert torch.allclose(est.probe_values[:, l], leave_one_out(block, tests), atol=1e-10)
+    assert est.method == "xtrace" and len(est.exact_values) == 0

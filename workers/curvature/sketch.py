@@ -1,5 +1,5 @@
-"""Per-layer Hutch++ with products shared across layers (curvature-spec.md, section 5; the
-paper of seed 000 names Hutch++ as a next step).
+"""Per-layer Hutch++ with products shared across layers, and per-layer XTrace
+(curvature-spec.md, section 5; the paper of seed 000 names Hutch++ as a next step).
 
 Hutch++ (Meyer, Musco, Musco and Woodruff 2021): for an orthonormal Q independent of the
 probes, tr A = tr(Q^T A Q) + tr((I - QQ^T) A (I - QQ^T)); the first term is computed exactly,
@@ -20,6 +20,14 @@ It beats the single pass at the same B only if the top s eigenvalues of H_ll car
 ||H_ll||_F^2, little of the row's energy lies off the block (rho_l = O_l / E_l small: the
 cross-block noise of steps 2 and 3 is what the single pass has too) and B is below the
 paper's K* (eq. 9). ``tests/benchmarks/bench_split.py`` measures it on the built-in models.
+
+XTrace (Epperly, Tropp and Webber 2024) uses each of n test vectors both ways: for each i,
+the basis Q_(i) of A W without column i gives tr(Q_(i)^T A Q_(i)) exactly and w_i estimates
+the rest, so the n estimates are exchangeable and their spread is the error estimate. Its
+leave-one-out algebra needs the products A w_i of the block itself, which a whole-vector
+product does not give (it adds sum_(m != l) H_lm w_m), so here it runs block by block on
+restricted products: n + n per block, L times the Hutch++ cost at the same budget. A block
+with at most ``budget`` parameters gets its trace exactly from its unit vectors instead.
 """
 
 from __future__ import annotations
@@ -36,16 +44,19 @@ from workers.curvature.hvp import evaluation_mode, reverse_hvp
 from workers.curvature.probes import check_generator, draw_probe
 from workers.curvature.trace import group_dots, probe_mean, probe_stderr
 
-METHODS = ("hutch++",)
+METHODS = ("hutch++", "xtrace")
 
 
 @dataclass(frozen=True)
 class SketchedTrace:
-    """``exact_values`` [s, L]: sigma_l <Q_l[:, j], (H q_j)_l>, whose sum over j estimates
-    tr(Q_l^T H_ll Q_l); ``probe_values`` [r, L]: the residual probes' values. ``stderr`` is the
-    residual part's standard error over its r probes (conditional on the sketch: the sign
-    noise of the sketch's own term is not in it)."""
+    """Hutch++: ``exact_values`` [s, L] = sigma_l <Q_l[:, j], (H q_j)_l>, whose sum over j
+    estimates tr(Q_l^T H_ll Q_l), and ``probe_values`` [r, L], the residual probes' values;
+    ``stderr`` is the residual part's standard error (conditional on the sketch: the sign
+    noise of the sketch's own term is not in it). XTrace: no exact values, and
+    ``probe_values`` [n, L] are the n exchangeable estimates of each trace (all equal for a
+    block computed exactly), whose spread is XTrace's own error estimate."""
 
+    method: str
     layers: list[str]
     numel: list[int]
     sketch_rank: list[int]
@@ -65,6 +76,26 @@ class SketchedTrace:
         return probe_stderr(self.probe_values)
 
 
+def xtrace_estimates(matvec: Callable[[torch.Tensor], torch.Tensor], tests: torch.Tensor) -> torch.Tensor:
+    """[n] the n exchangeable XTrace estimates of tr(A) from test vectors ``tests`` [d, n]
+    (2n products of the symmetric ``matvec``), each unbiased; their mean is XTrace's estimate
+    (Epperly, Tropp and Webber 2024, the basic estimator without the improved scaling)."""
+    n = tests.shape[1]
+    a_w = torch.stack([matvec(tests[:, i]) for i in range(n)], 1).to(torch.float64)
+    q, r = torch.linalg.qr(a_w)
+    a_q = torch.stack([matvec(q[:, j].to(tests.dtype)) for j in range(n)], 1).to(torch.float64)
+    r_inv_t = torch.linalg.inv(r.T)
+    s = r_inv_t / r_inv_t.norm(dim=0)  # s_i: Q_(i) Q_(i)^T = Q (I - s_i s_i^T) Q^T
+    compressed = q.T @ a_q  # Q^T A Q
+    traces = compressed.trace() - ((s.T @ compressed) * s.T).sum(1)  # tr(Q_(i)^T A Q_(i)) for every i
+    w = tests.to(torch.float64)
+    for i in range(n):
+        deflate = lambda v: v - (s[:, i] @ v) * s[:, i]  # noqa: E731
+        a_p_w = a_w[:, i] - a_q @ deflate(q.T @ w[:, i])
+        traces[i] += w[:, i] @ (a_p_w - q @ deflate(q.T @ a_p_w))
+    return traces
+
+
 def sketched_trace(
     model: nn.Module,
     criterion: Callable,
@@ -79,7 +110,8 @@ def sketched_trace(
 ) -> SketchedTrace:
     """Estimate tr(H_ll) for every group l by Hutch++ on ``budget`` Hessian-vector products
     over the whole parameter vector, shared by all groups: ``sketch`` = s (default
-    budget // 3) for the sketch, s for its exact part and budget - 2s residual probes.
+    budget // 3) for the sketch, s for its exact part and budget - 2s residual probes; or by
+    XTrace (``method="xtrace"``, ``budget`` even) on ``budget`` restricted products per group.
     Eval mode; the model's flags, buffers and ``.grad`` are left as they were.
 
     >>> _ = torch.manual_seed(0)
@@ -92,7 +124,9 @@ def sketched_trace(
     True
     """
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS} (XTrace is not built yet)")
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if method == "xtrace":
+        return _xtrace(model, criterion, inputs, targets, budget=budget, generator=generator, groups=groups)
     check_count("budget", budget, 3)
     sketch = budget // 3 if sketch is None else sketch
     check_count("sketch", sketch, 1)
@@ -139,7 +173,47 @@ def sketched_trace(
             (w,) = products([projected])
             probe_rows.append(group_dots(projected, w, resolved))
     return SketchedTrace(
-        layers=list(resolved.names), numel=resolved.numel, sketch_rank=[q.shape[1] for q in bases],
+        method=method, layers=list(resolved.names), numel=resolved.numel, sketch_rank=[q.shape[1] for q in bases],
         exact_values=torch.stack(exact_rows).cpu(), probe_values=torch.stack(probe_rows).cpu(), matvecs=budget,
         loss=loss,
+    )
+
+
+def _xtrace(model, criterion, inputs, targets, *, budget, generator, groups) -> SketchedTrace:
+    check_count("budget", budget, 2)
+    if budget % 2:
+        raise ValueError(f"budget={budget}; XTrace needs an even budget (n test vectors, n products of its basis)")
+    resolved = parameter_groups(model, groups)
+    check_generator(generator, resolved.params)
+    n = budget // 2
+    columns, ranks, matvecs = [], [], 0
+    with evaluation_mode(model):
+        loss, products = reverse_hvp(model, criterion, inputs, targets, resolved.params)
+        for l in range(len(resolved.names)):
+            block = [i for i, g in enumerate(resolved.group_of) if g == l]
+            wrt = [resolved.params[i] for i in block]
+            sizes = [p.numel() for p in wrt]
+
+            def matvec(v: torch.Tensor) -> torch.Tensor:
+                parts = [x.view_as(p) for x, p in zip(torch.split(v, sizes), wrt)]
+                return torch.cat([w.reshape(-1) for w in products([parts], block=block)[0]])
+
+            size = sum(sizes)
+            if size <= budget:  # exactly, from the unit vectors: no more products than the budget
+                eye = torch.eye(size, dtype=wrt[0].dtype, device=wrt[0].device)
+                trace = sum(float(matvec(eye[i])[i]) for i in range(size))
+                columns.append(torch.full((n,), trace, dtype=torch.float64))
+                ranks.append(size)
+                matvecs += size
+                continue
+            tests = torch.stack([torch.cat([z.reshape(-1) for z in draw_probe(wrt, distribution="rademacher",
+                                                                              generator=generator)])
+                                 for _ in range(n)], 1)
+            columns.append(xtrace_estimates(matvec, tests).cpu())
+            ranks.append(n)
+            matvecs += budget
+    return SketchedTrace(
+        method="xtrace", layers=list(resolved.names), numel=resolved.numel, sketch_rank=ranks,
+        exact_values=torch.zeros(0, len(resolved.names), dtype=torch.float64), probe_values=torch.stack(columns, 1),
+        matvecs=matvecs, loss=loss,
     )
