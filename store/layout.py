@@ -9,6 +9,7 @@
     runs/<run_id>/snapshots/aAAA-cCCCCCC.parquet  SNAPSHOTS_SCHEMA rows, attempt A, chunk C
     runs/<run_id>/metrics/aAAA-cCCCCCC.parquet    METRICS_SCHEMA rows
     runs/<run_id>/spectra/aAAA-cCCCCCC.parquet    SPECTRA_SCHEMA rows (runs that log densities)
+    runs/<run_id>/pairs/aAAA-cCCCCCC.parquet      PAIRS_SCHEMA rows (runs that log inter-layer blocks)
     runs/<run_id>/checkpoint.pt                 the run's last checkpoint (workers.checkpoint)
     damaged/<time>/<the path it had>            files set aside by a repair, never deleted
 """
@@ -24,7 +25,7 @@ RUNS = "runs"
 DAMAGED = "damaged"
 RECORD = "record.parquet"
 CHECKPOINT = "checkpoint.pt"
-_CHUNK = re.compile(r"^(snapshots|metrics|spectra)/a(\d{3,})-c(\d{6,})\.parquet$")
+_CHUNK = re.compile(r"^(snapshots|metrics|spectra|pairs)/a(\d{3,})-c(\d{6,})\.parquet$")
 
 
 def check_run_id(run_id: str) -> str:

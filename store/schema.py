@@ -7,8 +7,9 @@ columns; snapshot chunks no longer repeat the run's identity (arch, dataset, eta
 seed), which the reader joins from the run's record; and a record lists each committed
 file with its size and SHA-256, so a truncated or overwritten file is found without
 trusting its content. ``sweep store migrate`` rewrites a version-1 store in place.
-A run that logs spectral densities also has ``spectra`` chunks (raw Lanczos quadrature,
-added to version 2 without changing the other tables: a store without them is unchanged).
+A run that logs spectral densities also has ``spectra`` chunks (raw Lanczos quadrature), and
+one that logs inter-layer blocks ``pairs`` chunks: both added to version 2 without changing
+the other tables, so a store without them is unchanged.
 """
 
 from __future__ import annotations
@@ -104,7 +105,26 @@ SPECTRA_SCHEMA = pa.schema(
     ],
     metadata=_META,
 )
-KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA, "spectra": SPECTRA_SCHEMA}
+# One row per run, step, operator and ordered pair of layers (workers.curvature.interlayer_blocks):
+# the estimate of ||A_lm||_F^2, A the Hessian or its Gauss-Newton or tensor part.
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),
+        ("operator", pa.string()),  # hessian, ggn or tensor
+        ("design", pa.string()),  # walsh, signs or columns
+        ("layer", pa.string()),  # row l
+        ("other", pa.string()),  # column m
+        ("layer_index", pa.int32()),
+        ("other_index", pa.int32()),
+        ("value", pa.float64()),  # the mean of probe_values: unbiased for ||A_lm||_F^2 (may be < 0)
+        ("stderr", pa.float64()),
+        ("probe_values", pa.list_(pa.float64())),
+    ],
+    metadata=_META,
+)
+KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA, "spectra": SPECTRA_SCHEMA, "pairs": PAIRS_SCHEMA}
 
 # What the reader adds to every snapshot or metric row: the run's identity, from its record.
 JOINED = ["sweep_id", "configuration", "arch", "dataset", "eta", "seed", "axes"]

@@ -386,6 +386,12 @@ class Store:
         row_filter = None if layer is None else pads.field("layer") == layer
         return self._read_kind("spectra", self.runs(**run_filters) if runs is None else runs, row_filter)
 
+    def pairs(self, *, operator: str | None = None, runs: pa.Table | None = None, **run_filters) -> pa.Table:
+        """Committed inter-layer block rows (one per run, step, operator and pair of layers),
+        the run's identity joined."""
+        row_filter = None if operator is None else pads.field("operator") == operator
+        return self._read_kind("pairs", self.runs(**run_filters) if runs is None else runs, row_filter)
+
     def _read_kind(self, kind: str, runs: pa.Table, row_filter) -> pa.Table:
         files = [self._run(rid, entry["name"])
                  for rid, committed in zip(runs["run_id"].to_pylist(), runs["committed"].to_pylist())

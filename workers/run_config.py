@@ -20,6 +20,8 @@ import json
 import math
 import re
 
+from workers.curvature.blocks import DESIGNS as BLOCK_DESIGNS
+from workers.curvature.blocks import OPERATORS as BLOCK_OPERATORS
 from workers.curvature.hvp import MECHANISMS
 from workers.curvature.probes import DISTRIBUTIONS
 from workers.datasets import DatasetError, dataset
@@ -73,6 +75,8 @@ SCHEMA = {
         "head": (str, lambda v: v in ("probes", "exact"), "probes or exact"),
         "eigen": (dict, lambda v: True, "a mapping (monitor.eigen.*)"),
         "density": (dict, lambda v: True, "a mapping (monitor.density.*)"),
+        "gauss_newton": (dict, lambda v: True, "a mapping (monitor.gauss_newton.*)"),
+        "interlayer": (dict, lambda v: True, "a mapping (monitor.interlayer.*)"),
     },
     "runtime": {
         "data_root": ((str, type(None)), lambda v: True, "a folder path or null"),
@@ -104,6 +108,17 @@ SUBSECTIONS = {
         "num_runs": _POSITIVE_INT,
         "deflate": (int, lambda v: v >= 0, "an integer >= 0"),
     },
+    ("monitor", "gauss_newton"): {  # workers.curvature.gauss_newton_split every `every` steps (0: off)
+        "every": (int, lambda v: v >= 0, "an integer >= 0 (steps between split snapshots; 0: off)"),
+        "num_probes": (int, lambda v: v >= 2, "an integer >= 2 (the standard error needs two probes)"),
+    },
+    ("monitor", "interlayer"): {  # workers.curvature.interlayer_blocks every `every` steps (0: off)
+        "every": (int, lambda v: v >= 0, "an integer >= 0 (steps between pair snapshots; 0: off)"),
+        "num_probes": _POSITIVE_INT,
+        "design": (str, lambda v: v in BLOCK_DESIGNS, f"one of {', '.join(BLOCK_DESIGNS)}"),
+        "operators": (list, lambda v: bool(v) and len(set(v)) == len(v) and all(o in BLOCK_OPERATORS for o in v),
+                      f"a non-empty list of distinct operators among {', '.join(BLOCK_OPERATORS)}"),
+    },
 }
 # Keys added after runs were first stored, with the value that does what runs did before
 # them: a config without them (an older manifest) gets these, and at these values the
@@ -114,6 +129,8 @@ ADDED_DEFAULTS = {
         "estimator": "hessian", "head": "probes",
         "eigen": {"every": 0, "layers": "head", "network": True, "k": 1, "max_matvecs": 20, "tol": 1e-3},
         "density": {"epochs": [], "layers": "head", "network": True, "steps": 64, "num_runs": 1, "deflate": 0},
+        "gauss_newton": {"every": 0, "num_probes": 10},
+        "interlayer": {"every": 0, "num_probes": 1, "design": "walsh", "operators": ["hessian"]},
     },
 }
 TOP_LEVEL = {

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from store import RunWriter, Store
 from workers import checkpoint
 from workers.curvature import (
+    gauss_newton_split,
     ggn_trace,
     head_curvature,
+    interlayer_blocks,
     layerwise_trace,
     parameter_groups,
     spectral_density,
@@ -99,6 +101,29 @@ def spectra_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
              "lower": float(result.bounds[i, 0]), "upper": float(result.bounds[i, 1]),
              "outliers": [v for v in result.outliers[i].tolist() if math.isfinite(v)]}
             for i, name in enumerate(result.layers) for r in range(result.nodes.shape[0])]
+
+
+def pair_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
+    """``pairs`` rows of ``interlayer_blocks``: one per ordered pair of layers."""
+    mean, stderr = result.frob_sq.tolist(), result.stderr.tolist()
+    return [{**base, "operator": result.operator, "design": result.design, "layer": a, "other": b,
+             "layer_index": index[a], "other_index": index[b], "value": mean[i][j], "stderr": stderr[i][j],
+             "probe_values": result.values[:, i, j].tolist()}
+            for i, a in enumerate(result.layers) for j, b in enumerate(result.layers)]
+
+
+def anisotropy_rows(rows: list[dict]) -> list[dict]:
+    """Rows of kappa_l = ||H_ll||_F / |T_l| (paper eq. 7) from each layer's ``trace`` and
+    ``block_frobenius_sq`` rows (exact ones included): a ratio of estimates, so no standard
+    error and no probe values."""
+    by = {(row["layer"], row["quantity"]): row for row in rows}
+    made = []
+    for (layer, quantity), row in by.items():
+        frobenius = by.get((layer, "block_frobenius_sq"))
+        if quantity == "trace" and frobenius is not None:
+            kappa = math.sqrt(max(frobenius["value"], 0.0)) / abs(row["value"]) if row["value"] else math.inf
+            made.append({**row, "quantity": "anisotropy", "value": kappa, "stderr": math.nan, "probe_values": []})
+    return made
 
 
 def exact_head(rows: list[dict], exact) -> list[dict]:
@@ -199,11 +224,39 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
         chosen = {"head": [head], "all": list(group_index), "none": []}[spec["layers"]]
         return ([NETWORK] if spec["network"] else []) + chosen
 
-    def spectral(at: int, eigen_due: bool, density_due: bool) -> None:
-        """Eigenvalue rows and density rows of step ``at``, each from its own generator."""
+    def due_after(at: int, last_of_epoch: bool) -> set[str]:
+        """The optional quantities due after step ``at``, each at its own cadence."""
+        if not mon["enabled"]:
+            return set()
+        due = {key for key in ("eigen", "gauss_newton", "interlayer")
+               if mon[key]["every"] and at % mon[key]["every"] == 0}
+        if last_of_epoch and at // steps_per_epoch in mon["density"]["epochs"]:
+            due.add("density")
+        return due
+
+    def extras(at: int, due: set[str]) -> None:
+        """Rows of the optional quantities due at step ``at``, each from its own generator."""
         x, y = snapshot_batch(at)
         base = {"run_id": rid, "step": at, "epoch": at / steps_per_epoch}
-        if eigen_due:
+        if "gauss_newton" in due:
+            split = gauss_newton_split(model, F.cross_entropy, x, y, num_probes=mon["gauss_newton"]["num_probes"],
+                                       groups=mon["groups"],
+                                       generator=generator("gauss-newton", seed, at, device=device))
+            if split.nonfinite:
+                raise RunFailed(f"non-finite curvature products at step {at} in layers {split.nonfinite}")
+            writer.log("snapshots", [row for quantity, values in split.per_probe().items()
+                                     for row in per_layer_rows(base, split.layers, split.numel, f"split_{quantity}",
+                                                               values)])
+        if "interlayer" in due:
+            spec = mon["interlayer"]
+            for operator in spec["operators"]:
+                pairs = interlayer_blocks(model, F.cross_entropy, x, y, num_probes=spec["num_probes"],
+                                          design=spec["design"], operator=operator, groups=mon["groups"],
+                                          generator=generator("interlayer", seed, at, operator, device=device))
+                if not pairs.values.isfinite().all():
+                    raise RunFailed(f"non-finite curvature products at step {at} in the {operator} blocks")
+                writer.log("pairs", pair_rows(base, pairs, group_index))
+        if "eigen" in due:
             spec = mon["eigen"]
             result = top_eigenvalues(model, F.cross_entropy, x, y, k=spec["k"], layers=blocks(spec),
                                      groups=mon["groups"], max_matvecs=spec["max_matvecs"], tol=spec["tol"],
@@ -211,7 +264,7 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
             if result.nonfinite:
                 raise RunFailed(f"non-finite curvature products at step {at} in blocks {result.nonfinite}")
             writer.log("snapshots", eigen_rows(base, result, group_index))
-        if density_due:
+        if "density" in due:
             spec = mon["density"]
             result = spectral_density(model, F.cross_entropy, x, y, steps=spec["steps"], num_runs=spec["num_runs"],
                                       layers=blocks(spec), deflate=spec["deflate"], groups=mon["groups"],
@@ -241,7 +294,7 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
                 for row in per_layer_rows(base, result.layers, result.numel, quantity, values)]
         if mon["head"] == "exact":
             rows = exact_head(rows, head_curvature(model, x, head=head, spectrum=False))
-        return rows
+        return rows + anisotropy_rows(rows)
 
     def metric_rows(at: int, scope: str, values: dict[str, float]) -> list[dict]:
         return [{"run_id": rid, "step": at, "epoch": at / steps_per_epoch, "scope": scope, "name": k,
@@ -276,9 +329,7 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             monitored = mon["enabled"] and (step + 1) % mon["every"] == 0
-            eigen_due = mon["enabled"] and mon["eigen"]["every"] > 0 and (step + 1) % mon["eigen"]["every"] == 0
-            density_due = mon["enabled"] and i + 1 == steps_per_epoch and \
-                (step + 1) // steps_per_epoch in mon["density"]["epochs"]
+            due = due_after(step + 1, i + 1 == steps_per_epoch)
             if monitored:  # logged with the snapshot: the gradient of this update
                 grad_norm = torch.linalg.vector_norm(
                     torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])
@@ -296,9 +347,9 @@ def _run(config: dict, writer: RunWriter, saved: bytes | None, on_step) -> dict:
                 seconds["monitor"] += _synced_time(cuda) - started
                 writer.log("metrics", metric_rows(step, "snapshot", {
                     "lr": lr_at(step - 1), "batch_loss": batch_loss, "grad_norm": grad_norm.item()}))
-            if eigen_due or density_due:
+            if due:
                 started = _synced_time(cuda)
-                spectral(step, eigen_due, density_due)
+                extras(step, due)
                 seconds["monitor"] += _synced_time(cuda) - started
             if on_step is not None:
                 on_step(step)

@@ -9,7 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sweep.cli import SUBCOMMANDS
-from workers.curvature import ggn_trace, layerwise_trace, spectral_density, top_eigenvalues
+from workers.curvature import (
+    gauss_newton_split,
+    ggn_trace,
+    interlayer_blocks,
+    layerwise_trace,
+    spectral_density,
+    top_eigenvalues,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +46,12 @@ def test_monitor_config_composes_into_estimator_arguments():
     assert (monitor.pop("estimator"), monitor.pop("head")) == ("hessian", "probes")  # which estimator, not its options
     # the spectral options: when and on which blocks, then keyword arguments of their estimators
     for key, estimator, chooser in (("eigen", top_eigenvalues, ("every", "layers", "network")),
-                                    ("density", spectral_density, ("epochs", "layers", "network"))):
-        options = {k: v for k, v in dict(monitor.pop(key)).items() if k not in chooser}
+                                    ("density", spectral_density, ("epochs", "layers", "network")),
+                                    ("gauss_newton", gauss_newton_split, ("every",)),
+                                    ("interlayer", interlayer_blocks, ("every",))):
+        # operators: one call of interlayer_blocks per operator listed
+        options = {"operator" if k == "operators" else k: v for k, v in dict(monitor.pop(key)).items()
+                   if k not in chooser}
         keywords = {name for name, p in inspect.signature(estimator).parameters.items() if p.kind is p.KEYWORD_ONLY}
         assert options and set(options) <= keywords, key
     accepted = inspect.signature(layerwise_trace).parameters

@@ -44,7 +44,9 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
                tiny_config("eta=0.25", "monitor.block_frobenius=true"),
                tiny_config("eta=0.25", "monitor.estimator=ggn", "monitor.head=exact"),
                tiny_config("eta=0.25", "monitor.head=exact", "monitor.eigen.every=11", "monitor.density.epochs=[1,3]",
-                           "monitor.density.steps=12", "monitor.density.deflate=2")]
+                           "monitor.density.steps=12", "monitor.density.deflate=2"),
+               tiny_config("eta=0.25", "monitor.gauss_newton.every=11", "monitor.interlayer.every=22",
+                           "monitor.interlayer.operators=[ggn,tensor]", "monitor.interlayer.num_probes=2")]
     for config in configs:
         assert train(config, store)["status"] == "done"
     weights = [final_weights(store, c) for c in configs]
@@ -52,7 +54,12 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
         assert_same_weights(weights[0], other)
     # the extra products of block_frobenius=true are kept, as rows of their own quantity
     frobenius = store.snapshots(run_ids=[run_id(configs[3])])
-    assert set(frobenius["quantity"].to_pylist()) == {"trace", "row_energy", "block_frobenius_sq"}
+    assert set(frobenius["quantity"].to_pylist()) == {"trace", "row_energy", "block_frobenius_sq", "anisotropy"}
+    by_quantity = {(r["step"], r["layer"], r["quantity"]): r["value"] for r in rows(frobenius)}
+    for (step, layer, quantity), value in by_quantity.items():  # kappa_l = ||H_ll||_F / |T_l| (eq. 7)
+        if quantity == "anisotropy":
+            frob, trace = by_quantity[(step, layer, "block_frobenius_sq")], by_quantity[(step, layer, "trace")]
+            assert value == pytest.approx(max(frob, 0) ** 0.5 / abs(trace))
     assert rows(frobenius.filter(pc.equal(frobenius["quantity"], "trace"))) != []
     snaps = store.snapshots(run_ids=[run_id(configs[0])], quantity="trace")
     assert set(store.snapshots(run_ids=[run_id(configs[0])])["quantity"].to_pylist()) == {"trace", "row_energy"}
@@ -69,8 +76,9 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     # the Gauss-Newton estimator with the exact head: stored as the trace (F1 holds for the built-ins),
     # the head's rows exact (no probe values) and within the Hessian estimator's noise of it
     ggn = store.snapshots(run_ids=[run_id(configs[4])])
-    assert set(ggn["quantity"].to_pylist()) == {"trace", "block_frobenius_sq"}
-    head = [r for r in rows(ggn) if r["layer"] == "linear"]
+    assert set(ggn["quantity"].to_pylist()) == {"trace", "block_frobenius_sq", "anisotropy"}  # kappa: the head's
+    assert {r["layer"] for r in rows(ggn) if r["quantity"] == "anisotropy"} == {"linear"}
+    head = [r for r in rows(ggn) if r["layer"] == "linear" and r["quantity"] != "anisotropy"]
     assert {(r["quantity"], r["stderr"], len(r["probe_values"])) for r in head} == {
         ("trace", 0.0, 0), ("block_frobenius_sq", 0.0, 0)}
     body = [r for r in rows(ggn) if r["layer"] != "linear"]
@@ -98,9 +106,25 @@ def test_monitoring_on_off_or_k_never_changes_the_trajectory(tmp_path, tiny_conf
     assert {(r["step"], r["layer"]) for r in spectra} == {(s, layer) for s in (11, 33)
                                                           for layer in ("(network)", "linear")}
     for r in spectra:
-        assert len(r["nodes"]) == len(r["weights"]) == 12 and len(r["outliers"]) == 2
+        assert len(r["nodes"]) == len(r["weights"]) == 12 and len(r["outliers"]) <= 2
         assert abs(sum(r["weights"]) + 2 / r["numel"] - 1) < 1e-9 and r["lower"] < r["upper"]
         assert r["lower"] <= min(r["outliers"]) and max(r["outliers"]) <= r["upper"]
+    # the Gauss-Newton split once per epoch, the pair table every two epochs for two operators
+    inside = store.snapshots(run_ids=[run_id(configs[6])])
+    split = {(r["step"], r["layer"], r["quantity"]): r for r in rows(inside) if r["quantity"].startswith("split_")}
+    assert {(s, q) for s, _, q in split} == {(s, f"split_{q}") for s in (11, 22, 33)
+                                             for q in ("trace", "ggn_trace", "tensor_trace")}
+    for (step, layer, quantity), r in split.items():  # the same probes: h - g = t, probe by probe
+        if quantity == "split_tensor_trace":
+            h, g = split[(step, layer, "split_trace")], split[(step, layer, "split_ggn_trace")]
+            assert r["probe_values"] == pytest.approx([a - b for a, b in zip(h["probe_values"], g["probe_values"])])
+    assert all(abs(r["value"]) <= 6 * r["stderr"] + 1e-9 for r in split.values()  # F1: no tensor part on blocks
+               if r["quantity"] == "split_tensor_trace")
+    pairs = store.pairs(run_ids=[run_id(configs[6])])
+    layers = len(set(inside["layer"].to_pylist()))
+    assert pairs.num_rows == 2 * layers * layers  # step 22 only (33 is not a multiple of 22), two operators
+    assert set(pairs["operator"].to_pylist()) == {"ggn", "tensor"} and set(pairs["step"].to_pylist()) == {22}
+    assert {len(v) for v in pairs["probe_values"].to_pylist()} == {2}
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, tiny_config):
@@ -273,6 +297,10 @@ def test_a_run_into_s3_resumes_from_its_s3_checkpoint(tmp_path, tiny_config, s3_
     (("monitor.density.epochs=[1,9]",), "lists \\[9\\], after the last epoch train.epochs=3"),
     (("monitor.density.epochs=[0]",), "a list of distinct epoch numbers >= 1"),
     (("monitor.density.deflate=40",), "deflate=40 needs monitor.density.steps >= 80"),
+    (("monitor.gauss_newton.num_probes=1",), "monitor.gauss_newton.num_probes=1 is not allowed: it must be an integer"),
+    (("monitor.interlayer.design=rows",), "monitor.interlayer.design='rows' is not allowed: it must be one of walsh"),
+    (("monitor.interlayer.operators=[hessian,hessian]",), "a non-empty list of distinct operators among hessian"),
+    (("monitor.interlayer.operators=[]",), "a non-empty list of distinct operators"),
     (("monitor.head=exact", "monitor.groups=parameter"), "monitor.head=exact replaces the head module's row"),
 ])
 def test_monitor_combinations_that_cannot_run_are_refused(tmp_path, tiny_config, overrides, message):
@@ -295,6 +323,10 @@ def test_the_monitor_estimator_keys_at_their_defaults_leave_run_ids_as_they_were
     assert run_id(older) == run_id(config)
     assert run_id(tiny_config("monitor.eigen.every=11")) != run_id(config)
     assert run_id(tiny_config("monitor.density.epochs=[1]")) != run_id(config)
+    assert run_id(tiny_config("monitor.gauss_newton.every=11")) != run_id(config)
+    newer = ("gauss_newton", "interlayer")
+    older = {**config, "monitor": {k: v for k, v in config["monitor"].items() if k not in newer}}
+    assert run_id(older) == run_id(config)
 
 
 def small_mlp(*, num_classes, in_channels):
