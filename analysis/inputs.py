@@ -44,6 +44,8 @@ class Trajectories:
     quantity: str = "trace"  # which per-layer quantity the trajectories are (the column is called trace)
     eigen: pa.Table | None = None  # lambda_max snapshot rows of the same runs, when they logged eigenvalues
     spectra: pa.Table | None = None  # their spectral-density rows (store.schema.SPECTRA_SCHEMA + identity)
+    split: pa.Table | None = None  # their Gauss-Newton split rows (quantities split_*), when logged
+    pairs: pa.Table | None = None  # their inter-layer block rows (store.schema.PAIRS_SCHEMA + identity)
 
     @property
     def quantity_name(self) -> str:
@@ -144,27 +146,35 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
     if table.num_rows == 0 and done.num_rows:
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
-    eigen, spectra = _spectral(store, done)
     return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done),
-                        quantity=quantity, eigen=eigen, spectra=spectra)
+                        quantity=quantity, **_extras(store, done))
 
 
-def _spectral(store, done: pa.Table) -> tuple[pa.Table | None, pa.Table | None]:
-    """The lambda_max rows and spectral densities of the runs that logged them (read only
-    then: a second pass over the snapshot files costs as much as the first)."""
+def _extras(store, done: pa.Table) -> dict[str, pa.Table]:
+    """The optional quantities of the runs that logged them: lambda_max rows, spectral
+    densities, the Gauss-Newton split and the pair table (each read only then: another pass
+    over the snapshot files costs as much as the first)."""
     from store import StoreError
 
     monitors = [json.loads(text).get("monitor", {}) for text in done["config"].to_pylist()]
+
+    def logged(key: str, field: str) -> bool:
+        return any(m.get(key, {}).get(field) for m in monitors)
+
+    found = {}
     try:
-        eigen = None
-        if any(m.get("eigen", {}).get("every", 0) for m in monitors):
-            eigen = _check(store.snapshots(runs=done, quantity="lambda_max"), "the store", "lambda_max")
-        spectra = None
-        if any(m.get("density", {}).get("epochs") for m in monitors):
-            spectra = store.spectra(runs=done)
+        if logged("eigen", "every"):
+            found["eigen"] = _check(store.snapshots(runs=done, quantity="lambda_max"), "the store", "lambda_max")
+        if logged("density", "epochs"):
+            found["spectra"] = store.spectra(runs=done)
+        if logged("gauss_newton", "every"):
+            split = store.snapshots(runs=done)
+            found["split"] = split.filter(pc.starts_with(split["quantity"], "split_"))
+        if logged("interlayer", "every"):
+            found["pairs"] = store.pairs(runs=done)
     except StoreError as err:
         raise AnalysisError(str(err)) from None
-    return eigen, spectra
+    return found
 
 
 def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:

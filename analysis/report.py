@@ -135,6 +135,7 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     made.append(("Detection epochs", _save(fig, out / "detection_epochs.png")))
 
     made += _spectral_figures(results, out, plt, colours)
+    made += _block_figures(results, out, plt)
 
     for configuration in sorted({r["configuration"] for r in results.cohens_d}):
         rows = [r for r in results.cohens_d if r["configuration"] == configuration]
@@ -204,8 +205,64 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
     return made
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
+    """Coupling heat maps (clean and noisy rows, early/middle/late columns) and each layer's
+    tensor-part share over training."""
+    made, label = [], results.labels.get
+    panels: dict[tuple[str, str], list] = {}
+    for c in results.couplings:
+        panels.setdefault((c.configuration, c.operator), []).append(c)
+    for (configuration, operator), shown in panels.items():
+        groups = [g for g in ("clean", "noisy") if any(g in c.matrices for c in shown)]
+        size = min(2.2 + 0.08 * len(shown[0].layers), 6)
+        fig, axes = plt.subplots(len(groups), len(shown), figsize=(size * len(shown) + 1, size * len(groups)),
+                                 squeeze=False)
+        finite = np.concatenate([m[np.isfinite(m)] for c in shown for m in c.matrices.values()] or [np.zeros(1)])
+        top = max(1.0, float(np.percentile(finite, 99)) if finite.size else 1.0)  # one stray ratio must not flatten it
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # a diagonal estimate <= 0: no ratio
+        image = None
+        for row, group in enumerate(groups):
+            for col, c in enumerate(shown):
+                ax = axes[row][col]
+                if group in c.matrices:
+                    matrix = np.where(np.isfinite(c.matrices[group]), c.matrices[group], np.nan)
+                    image = ax.imshow(matrix, vmin=0, vmax=top, cmap=cmap)
+                ax.set_title(f"{group} ({c.runs.get(group, 0)}), epoch {c.epoch:.1f}", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[row][0].set_ylabel("layer l (network order)")
+        for ax in axes[-1]:
+            ax.set_xlabel("layer m")
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.8, extend="max",
+                         label="coupling C_lm (> 1: the tensor part; grey: no estimate)")
+        name = label(configuration, configuration)
+        fig.suptitle(f"{name}: inter-layer coupling of the {operator} blocks", fontsize=10)
+        tag = f"{configuration}_{operator}".replace("/", "-")
+        made.append((f"{name}: coupling, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
+    for t in results.tensor_shares:
+        groups = list(t.shares)
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 0.1 * len(t.layers) + 2.2),
+                                 squeeze=False)
+        values = np.concatenate([np.abs(v[np.isfinite(v)]) for v in t.shares.values()])
+        limit = max(1e-6, float(np.percentile(values, 95)) if values.size else 1.0)  # robust: ratios of estimates
+        image = None
+        for ax, group in zip(axes[0], groups):
+            image = ax.imshow(t.shares[group], aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                              extent=(t.epochs[0], t.epochs[-1], len(t.layers) - 0.5, -0.5))
+            ax.set(title=group, xlabel="epoch")
+        axes[0][0].set_ylabel("layer (network order)")
+        fig.colorbar(image, ax=axes, extend="both", label="tr(H^T_ll) / tr(H_ll)")
+        name = label(t.configuration, t.configuration)
+        fig.suptitle(f"{name}: tensor-part share of each layer's trace", fontsize=10)
+        made.append((f"{name}: tensor-part share", _save(fig, out / f"tensor_share_{t.configuration}.png",
+                                                         tight=False)))
+    return made
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:  # a figure with a colour bar over several axes places itself
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 

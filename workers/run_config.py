@@ -130,7 +130,7 @@ ADDED_DEFAULTS = {
         "eigen": {"every": 0, "layers": "head", "network": True, "k": 1, "max_matvecs": 20, "tol": 1e-3},
         "density": {"epochs": [], "layers": "head", "network": True, "steps": 64, "num_runs": 1, "deflate": 0},
         "gauss_newton": {"every": 0, "num_probes": 10},
-        "interlayer": {"every": 0, "num_probes": 1, "design": "walsh", "operators": ["hessian"]},
+        "interlayer": {"every": 0, "num_probes": 1, "design": "columns", "operators": ["hessian"]},
     },
 }
 TOP_LEVEL = {

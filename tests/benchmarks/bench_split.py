@@ -12,7 +12,9 @@ steps:
    of each layer's estimate over 20 seeds on one batch, as a ratio, next to the layer's
    off-block fraction rho_l = 1 - ||H_ll||_F^2 / sum_m ||H_lm||_F^2 (from the same call of
    ``layerwise_trace(block_frobenius=True)``): the notes predict Hutch++ loses where rho_l > 1/2.
-3. Within blocks (VGG-11): XTrace on 12 restricted products per layer against block-restricted
+3. The block designs' precision per product (VGG-11): the per-probe relative spread of the
+   diagonal and the off-diagonal estimates, times the products per probe.
+4. Within blocks (VGG-11): XTrace on 12 restricted products per layer against block-restricted
    Hutchinson (``blockwise_trace``) with 12 per layer, over 10 seeds: whether a block's own
    spectrum is low-rank enough for a sketch to pay, at L times the single pass's products.
 
@@ -160,11 +162,28 @@ def xtrace_within_blocks(arch: str, width: float, seeds: int = 10) -> None:
           f"{equal.median():.3f}, range {equal.min():.3f}-{equal.max():.3f}; XTrace wins in {int((equal < 1).sum())}")
 
 
+def design_precision(arch: str, width: float) -> None:
+    model, _, x, y, _ = trained(arch, width)
+    print(f"\n{arch} width {width}: the block designs, relative spread of one probe's estimates (median over "
+          "pairs) and the variance per product (relative spread^2 x products per probe)")
+    for design, probes in (("columns", 10), ("walsh", 20), ("signs", 60)):
+        est = interlayer_blocks(model, F.cross_entropy, x, y, num_probes=probes, design=design,
+                                generator=torch.Generator().manual_seed(0))
+        spread, f = est.values.std(0), est.frob_sq
+        off = ~torch.eye(len(f), dtype=torch.bool)
+        diagonal = float((spread.diagonal() / f.diagonal().abs()).median())
+        other = float((spread[off] / f[off].abs()).median())
+        per = est.matvecs // probes
+        print(f"  {design:<8} {per:3d} products/probe; diagonal {diagonal:5.2f} ({diagonal**2 * per:6.1f} per "
+              f"product), off-diagonal {other:5.2f} ({other**2 * per:6.1f} per product)")
+
+
 def main() -> None:
     for arch in ("resnet18", "vgg11"):
         costs(arch, 0.125)
     for arch in ("resnet18", "vgg11"):
         hutchpp_against_single_pass(arch, 0.125)
+    design_precision("vgg11", 0.125)
     xtrace_within_blocks("vgg11", 0.125)
 
 

@@ -1,0 +1,111 @@
+"""Inside the Hessian, for the report: the coupling between layers and the tensor part's
+share of each layer's curvature, clean against noisy (seeds 001, 003 and 004; estimators
+``workers.curvature.interlayer_blocks`` and ``gauss_newton_split``).
+
+Runs are pooled before any ratio is taken: the coupling C_lm = ||A_lm||_F / sqrt(||A_ll||_F
+||A_mm||_F) of a group of runs is computed from the group's mean F_lm = ||A_lm||_F^2 (each
+run's estimate is unbiased, the mean too; a ratio of noisy single-probe estimates would not
+be), and the tensor share of a layer from the mean tr(H^T_ll) over the mean tr(H_ll).
+Negative mean estimates of F (possible with few probes) are clipped to 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+
+from analysis.inputs import Trajectories
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """The coupling matrix [L, L] of one configuration, operator and step, per group
+    (``clean``, ``noisy``: every eta > 0 pooled), with the runs behind each."""
+
+    configuration: str
+    operator: str
+    step: int
+    epoch: float
+    layers: list[str]
+    matrices: dict[str, np.ndarray]
+    runs: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TensorShare:
+    """tr(H^T_ll) / tr(H_ll) of one configuration per group: ``shares`` [L, T] over ``epochs``."""
+
+    configuration: str
+    layers: list[str]
+    epochs: np.ndarray
+    shares: dict[str, np.ndarray]
+
+
+def _group(eta: float) -> str:
+    return "clean" if eta == 0 else "noisy"
+
+
+def couplings(traj: Trajectories, configuration: str) -> list[Coupling]:
+    """The coupling at the first, middle and last logged step, per operator."""
+    if traj.pairs is None or traj.pairs.num_rows == 0:
+        return []
+    t = traj.pairs.filter(pc.equal(traj.pairs["configuration"], configuration))
+    made = []
+    for operator in sorted(set(t["operator"].to_pylist())):
+        rows = t.filter(pc.equal(t["operator"], operator))
+        steps = sorted(set(rows["step"].to_pylist()))
+        for step in sorted({steps[0], steps[len(steps) // 2], steps[-1]}):
+            made.append(_coupling(rows.filter(pc.equal(rows["step"], step)).to_pylist(), configuration, operator,
+                                  step))
+    return made
+
+
+def _coupling(records: list[dict], configuration: str, operator: str, step: int) -> Coupling:
+    order = {r["layer_index"]: r["layer"] for r in records}
+    layers = [order[i] for i in sorted(order)]
+    position = {name: i for i, name in enumerate(layers)}
+    sums: dict[str, np.ndarray] = {}
+    runs: dict[str, set] = {}
+    for r in records:
+        group = _group(r["eta"])
+        sums.setdefault(group, np.zeros((len(layers), len(layers))))
+        sums[group][position[r["layer"]], position[r["other"]]] += r["value"]
+        runs.setdefault(group, set()).add(r["run_id"])
+    matrices = {}
+    for group, total in sums.items():
+        f = np.clip(total / len(runs[group]), 0, None)
+        norm = np.sqrt(f)
+        diagonal = np.sqrt(np.diag(norm))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            matrices[group] = norm / np.outer(diagonal, diagonal)
+    return Coupling(configuration, operator, step, records[0]["epoch"], layers, matrices,
+                    {group: len(ids) for group, ids in runs.items()})
+
+
+def tensor_shares(traj: Trajectories, configuration: str) -> list[TensorShare]:
+    """Each layer's tensor share over training, clean and noisy."""
+    if traj.split is None or traj.split.num_rows == 0:
+        return []
+    t = traj.split.filter(pc.equal(traj.split["configuration"], configuration))
+    if t.num_rows == 0:
+        return []
+    records = [r for r in t.select(["run_id", "eta", "step", "epoch", "layer", "layer_index", "quantity", "value"])
+               .to_pylist() if r["quantity"] in ("split_trace", "split_tensor_trace")]
+    order = {r["layer_index"]: r["layer"] for r in records}
+    layers = [order[i] for i in sorted(order)]
+    steps = sorted({r["step"] for r in records})
+    epochs = {r["step"]: r["epoch"] for r in records}
+    li, si = {name: i for i, name in enumerate(layers)}, {s: i for i, s in enumerate(steps)}
+    sums: dict[tuple[str, str], np.ndarray] = {}
+    for r in records:
+        key = (_group(r["eta"]), r["quantity"])
+        sums.setdefault(key, np.zeros((len(layers), len(steps))))
+        sums[key][li[r["layer"]], si[r["step"]]] += r["value"]
+    shares = {}
+    for group in ("clean", "noisy"):
+        if (group, "split_trace") in sums:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shares[group] = sums[(group, "split_tensor_trace")] / sums[(group, "split_trace")]
+    return [TensorShare(configuration, layers, np.array([epochs[s] for s in steps]), shares)]
