@@ -193,10 +193,17 @@ def interlayer_blocks(
         def signed(z, signs: list[int]):
             return [t * signs[g] for t, g in zip(z, resolved.group_of)]
 
+        if design == "walsh":  # the sign rows and the inverse transform, once per call
+            n_h, chosen = walsh_rows(num_groups)
+            sign_rows = {i: [_walsh(i, m) for m in range(num_groups)] for i in chosen}
+            transform = torch.tensor([[_walsh(k, m) for m in range(n_h)] for k in range(n_h)], dtype=torch.float64,
+                                     device=like.device)
+            pairs = [(i, j) for a, i in enumerate(chosen) for j in chosen[a:]]
+            count = torch.bincount(torch.tensor([i ^ j for i, j in pairs]), minlength=n_h).to(transform)
         for _ in range(num_probes):
             z = draw_probe(resolved.params, distribution="rademacher", generator=generator)
-            f = torch.zeros(num_groups, num_groups, dtype=torch.float64, device=like.device)
             if design == "columns":
+                f = torch.zeros(num_groups, num_groups, dtype=torch.float64, device=like.device)
                 for m in range(num_groups):
                     w = product([t if g == m else torch.zeros_like(t) for t, g in zip(z, resolved.group_of)])
                     f[:, m] = group_dots(w, w, resolved)
@@ -207,18 +214,12 @@ def interlayer_blocks(
                 f = group_dots(w, ws, resolved)[:, None] * s.to(torch.float64)[None, :]
                 matvecs += 2
             else:
-                n_h, chosen = walsh_rows(num_groups)
-                ws = {i: product(signed(z, [_walsh(i, m) for m in range(num_groups)])) for i in chosen}
+                ws = {i: product(signed(z, sign_rows[i])) for i in chosen}
                 matvecs += len(chosen)
                 y = torch.zeros(n_h, num_groups, dtype=torch.float64, device=like.device)
-                count = torch.zeros(n_h, dtype=torch.float64, device=like.device)
-                for a, i in enumerate(chosen):
-                    for j in chosen[a:]:
-                        y[i ^ j] += group_dots(ws[i], ws[j], resolved)
-                        count[i ^ j] += 1
+                for i, j in pairs:  # y_kl: the mean of <w^(i)_l, w^(j)_l> over the pairs with i XOR j = k
+                    y[i ^ j] += group_dots(ws[i], ws[j], resolved)
                 y /= count[:, None]
-                transform = torch.tensor([[_walsh(k, m) for m in range(n_h)] for k in range(n_h)],
-                                         dtype=torch.float64, device=like.device)
                 full = (transform.T @ y).T / n_h  # [L, n_H]: row l's every column, phantoms past L
                 f = full[:, :num_groups]
                 phantom_rows.append(full[:, num_groups:].cpu())
