@@ -21,8 +21,11 @@ from analysis.inputs import Trajectories
 
 @dataclass(frozen=True)
 class Coupling:
-    """The coupling matrix [L, L] of one configuration, operator and step, per group
-    (``clean``, ``noisy``: every eta > 0 pooled), with the runs behind each."""
+    """A matrix [L, L] of one configuration, operator and step, per group (``clean``,
+    ``noisy``: every eta > 0 pooled), with the runs behind each. ``metric`` is ``coupling``
+    (C_lm), or ``GN-Gap`` (||H^T_lm||_F / ||G_lm||_F) for the tensor operator when the
+    Gauss-Newton blocks were logged too: where the diagonal tensor blocks vanish (F1, the
+    built-in models) its coupling divides by zero, and the GN-Gap is what the seeds read."""
 
     configuration: str
     operator: str
@@ -31,6 +34,7 @@ class Coupling:
     layers: list[str]
     matrices: dict[str, np.ndarray]
     runs: dict[str, int]
+    metric: str = "coupling"
 
 
 @dataclass(frozen=True)
@@ -52,17 +56,31 @@ def couplings(traj: Trajectories, configuration: str) -> list[Coupling]:
     if traj.pairs is None or traj.pairs.num_rows == 0:
         return []
     t = traj.pairs.filter(pc.equal(traj.pairs["configuration"], configuration))
+    operators = sorted(set(t["operator"].to_pylist()))
     made = []
-    for operator in sorted(set(t["operator"].to_pylist())):
+    for operator in operators:
         rows = t.filter(pc.equal(t["operator"], operator))
         steps = sorted(set(rows["step"].to_pylist()))
         for step in sorted({steps[0], steps[len(steps) // 2], steps[-1]}):
-            made.append(_coupling(rows.filter(pc.equal(rows["step"], step)).to_pylist(), configuration, operator,
-                                  step))
+            layers, means, runs = _means(rows.filter(pc.equal(rows["step"], step)).to_pylist())
+            epoch = rows.filter(pc.equal(rows["step"], step))["epoch"][0].as_py()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if operator == "tensor" and "ggn" in operators:
+                    ggn = t.filter(pc.and_(pc.equal(t["operator"], "ggn"), pc.equal(t["step"], step))).to_pylist()
+                    _, ggn_means, _ = _means(ggn)
+                    matrices = {g: np.sqrt(f) / np.sqrt(ggn_means[g]) for g, f in means.items() if g in ggn_means}
+                    made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs, "GN-Gap"))
+                    continue
+                matrices = {}
+                for group, f in means.items():
+                    diagonal = np.sqrt(np.sqrt(np.diag(f)))
+                    matrices[group] = np.sqrt(f) / np.outer(diagonal, diagonal)
+            made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs))
     return made
 
 
-def _coupling(records: list[dict], configuration: str, operator: str, step: int) -> Coupling:
+def _means(records: list[dict]) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
+    """The layers in network order and, per group, the mean F [L, L] over its runs (clipped at 0)."""
     order = {r["layer_index"]: r["layer"] for r in records}
     layers = [order[i] for i in sorted(order)]
     position = {name: i for i, name in enumerate(layers)}
@@ -73,15 +91,8 @@ def _coupling(records: list[dict], configuration: str, operator: str, step: int)
         sums.setdefault(group, np.zeros((len(layers), len(layers))))
         sums[group][position[r["layer"]], position[r["other"]]] += r["value"]
         runs.setdefault(group, set()).add(r["run_id"])
-    matrices = {}
-    for group, total in sums.items():
-        f = np.clip(total / len(runs[group]), 0, None)
-        norm = np.sqrt(f)
-        diagonal = np.sqrt(np.diag(norm))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            matrices[group] = norm / np.outer(diagonal, diagonal)
-    return Coupling(configuration, operator, step, records[0]["epoch"], layers, matrices,
-                    {group: len(ids) for group, ids in runs.items()})
+    means = {group: np.clip(total / len(runs[group]), 0, None) for group, total in sums.items()}
+    return layers, means, {group: len(ids) for group, ids in runs.items()}
 
 
 def tensor_shares(traj: Trajectories, configuration: str) -> list[TensorShare]:

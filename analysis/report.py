@@ -233,13 +233,16 @@ def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
             axes[row][0].set_ylabel("layer l (network order)")
         for ax in axes[-1]:
             ax.set_xlabel("layer m")
+        metric = shown[0].metric
         if image is not None:
-            fig.colorbar(image, ax=axes, shrink=0.8, extend="max",
-                         label="coupling C_lm (> 1: the tensor part; grey: no estimate)")
+            text = ("coupling C_lm (> 1: the tensor part; grey: no estimate)" if metric == "coupling"
+                    else "GN-Gap ||H^T_lm||_F / ||G_lm||_F (grey: no estimate)")
+            fig.colorbar(image, ax=axes, shrink=0.8, extend="max", label=text)
         name = label(configuration, configuration)
-        fig.suptitle(f"{name}: inter-layer coupling of the {operator} blocks", fontsize=10)
+        what = "inter-layer coupling" if metric == "coupling" else "GN-Gap"
+        fig.suptitle(f"{name}: {what} of the {operator} blocks", fontsize=10)
         tag = f"{configuration}_{operator}".replace("/", "-")
-        made.append((f"{name}: coupling, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
+        made.append((f"{name}: {what}, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
     for t in results.tensor_shares:
         groups = list(t.shares)
         fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 0.1 * len(t.layers) + 2.2),

@@ -156,17 +156,17 @@ def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda
 def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
     store = Store.open(str(tmp_path / "s"), create=True)
     inside = ["monitor.gauss_newton.every=11", "monitor.interlayer.every=11",
-              "monitor.interlayer.operators=[hessian,ggn]"]
+              "monitor.interlayer.operators=[ggn,tensor]"]
     for config in expand(["experiment=smoke", "train.epochs=3", *inside]).runs.values():
         train(config, store)
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
     check_outputs(out, "classifier")
-    for operator in ("hessian", "ggn"):
+    for operator in ("ggn", "tensor"):
         assert len(list(out.glob(f"coupling_vgg11-digits-*_{operator}.png"))) == 1
     assert len(list(out.glob("tensor_share_vgg11-digits-*.png"))) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["spectral"]["couplings"]) == 2 * 3  # two operators at epochs 1, 2, 3
     page = (out / "report.html").read_text()
-    assert "coupling, ggn" in page and "tensor-part share" in page
+    assert "coupling, ggn" in page and "GN-Gap, tensor" in page and "tensor-part share" in page
