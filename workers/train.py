@@ -3,12 +3,14 @@
 Recipe: SGD with momentum 0.9, lr 0.1, batch 128, cosine decay over all steps,
 weight decay 5e-4, no gradient clipping. Every ``monitor.every`` steps, after the
 update, a layer-wise trace snapshot with K probes on a fresh training mini-batch
-(noisy labels, no augmentation, BatchNorm in eval mode). Optionally, on the same batch:
-the extreme eigenvalues of the chosen blocks every ``monitor.eigen.every`` steps (rows
-``lambda_max``/``lambda_min``), and spectral densities after the epochs in
-``monitor.density.epochs`` (rows of the ``spectra`` table). Snapshot batches, probes and
-Lanczos starts come from their own generators seeded from (run seed, step, what), and the
-estimators restore the model's state, so monitoring never moves the training trajectory.
+(noisy labels, no augmentation, BatchNorm in eval mode). Optionally, on the same batch and
+each at its own cadence: the extreme eigenvalues of the chosen blocks (``monitor.eigen``,
+rows ``lambda_max``/``lambda_min``), spectral densities after chosen epochs
+(``monitor.density``, the ``spectra`` table), the Gauss-Newton split (``monitor.gauss_newton``,
+rows ``split_*``) and every pair of layers' blocks (``monitor.interlayer``, the ``pairs`` table).
+Snapshot batches, probes and Lanczos starts come from their own generators seeded from (run
+seed, step, what), and the estimators restore the model's state, so monitoring never moves
+the training trajectory.
 
 Checkpoints (every ``train.checkpoint_every`` epochs and at the end) hold the
 model, optimizer, step and all random states; the data rows gathered since the
