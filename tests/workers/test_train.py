@@ -345,5 +345,5 @@ def test_a_user_models_output_space_values_are_stored_as_gauss_newton_traces(tmp
     assert quantities == {("1", "ggn_trace"), ("3", "ggn_trace")}  # never called the trace
     quantities = {(r["layer"], r["quantity"]) for r in store.snapshots(run_ids=[run_id(exact)]).to_pylist()}
     # the head block is its Gauss-Newton block for any model: its exact rows are the trace
-    assert quantities == {("1", "ggn_trace"), ("3", "trace"), ("3", "block_frobenius_sq")}
+    assert quantities == {("1", "ggn_trace"), ("3", "trace"), ("3", "block_frobenius_sq"), ("3", "anisotropy")}
     assert store.runs().to_pylist()[0]["head_layer"] == "3"
