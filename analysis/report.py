@@ -243,6 +243,8 @@ def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
         fig.suptitle(f"{name}: {what} of the {operator} blocks", fontsize=10)
         tag = f"{configuration}_{operator}".replace("/", "-")
         made.append((f"{name}: {what}, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
+        made.append((f"{name}: {what} by distance, {operator}", _distance_profile(shown, name, what, operator, plt,
+                                                                            out / f"distance_{tag}.png")))
     for t in results.tensor_shares:
         groups = list(t.shares)
         fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 0.1 * len(t.layers) + 2.2),
@@ -261,6 +263,26 @@ def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
         made.append((f"{name}: tensor-part share", _save(fig, out / f"tensor_share_{t.configuration}.png",
                                                          tight=False)))
     return made
+
+
+def _distance_profile(shown: list, name: str, what: str, operator: str, plt, path: Path) -> Path:
+    """The mean of a coupling matrix over pairs |l - m| = d apart in network order (the
+    profile by DAG distance of seed 001, along the execution order), per group and step."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    styles = {0: ":", 1: "--", 2: "-"}
+    for position, c in enumerate(shown):
+        index = np.arange(len(c.layers))
+        distance = np.abs(index[:, None] - index[None, :])
+        for group, matrix in c.matrices.items():
+            finite = np.isfinite(matrix)
+            profile = [float(np.mean(matrix[(distance == d) & finite])) if ((distance == d) & finite).any()
+                       else np.nan for d in range(1, len(c.layers))]
+            ax.plot(range(1, len(c.layers)), profile, styles.get(position, "-"), lw=1,
+                    color="tab:blue" if group == "clean" else "tab:red", label=f"{group}, epoch {c.epoch:.0f}")
+    ax.set(xlabel="distance |l - m| in network order", ylabel=f"mean {what}",
+           title=f"{name}: {what} of the {operator} blocks by distance")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:

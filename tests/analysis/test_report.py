@@ -165,6 +165,7 @@ def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
     check_outputs(out, "classifier")
     for operator in ("ggn", "tensor"):
         assert len(list(out.glob(f"coupling_vgg11-digits-*_{operator}.png"))) == 1
+        assert len(list(out.glob(f"distance_vgg11-digits-*_{operator}.png"))) == 1
     assert len(list(out.glob("tensor_share_vgg11-digits-*.png"))) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["spectral"]["couplings"]) == 2 * 3  # two operators at epochs 1, 2, 3
