@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from analysis.inputs import Trajectories
+from analysis.inputs import Trajectories, early_middle_late
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ def couplings(traj: Trajectories, configuration: str) -> list[Coupling]:
     made = []
     for operator in operators:
         rows = t.filter(pc.equal(t["operator"], operator))
-        steps = sorted(set(rows["step"].to_pylist()))
-        for step in sorted({steps[0], steps[len(steps) // 2], steps[-1]}):
+        for step in early_middle_late(rows["step"].to_pylist()):
             layers, means, runs = _means(rows.filter(pc.equal(rows["step"], step)).to_pylist())
             epoch = rows.filter(pc.equal(rows["step"], step))["epoch"][0].as_py()
             with np.errstate(divide="ignore", invalid="ignore"):

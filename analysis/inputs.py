@@ -177,6 +177,13 @@ def _extras(store, done: pa.Table) -> dict[str, pa.Table]:
     return found
 
 
+def early_middle_late(steps) -> list[int]:
+    """The first, middle and last of the logged ``steps`` (fewer when they coincide): the
+    points at which the report shows a quantity over training."""
+    steps = sorted(set(steps))
+    return sorted({steps[0], steps[len(steps) // 2], steps[-1]})
+
+
 def from_parquet(path: str, *, quantity: str = "trace") -> Trajectories:
     """Trajectories logged by other code (or `sweep export`): a Parquet file or a folder of them."""
     if not Path(path).exists():

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.inputs import Ensemble, Trajectories, ensemble
+from analysis.inputs import Ensemble, Trajectories, early_middle_late, ensemble
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ def densities(traj: Trajectories, configuration: str, layers: list[str], *, poin
         rows = t.filter(pc.equal(t["layer"], layer))
         if rows.num_rows == 0:
             continue
-        steps = sorted(set(rows["step"].to_pylist()))
-        for step in sorted({steps[0], steps[len(steps) // 2], steps[-1]}):
+        for step in early_middle_late(rows["step"].to_pylist()):
             made.append(_density(rows.filter(pc.equal(rows["step"], step)), configuration, layer, step, points,
                                  smooth_density))
     return made

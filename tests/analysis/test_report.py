@@ -21,6 +21,14 @@ def analyze_cli(sweep_cli):
     return lambda *args: sweep_cli("analyze", *args)
 
 
+def smoke_store(path, *overrides) -> Store:
+    """The smoke sweep (3 clean runs, 1 noisy; 3 epochs) trained into a store at ``path``."""
+    store = Store.open(str(path), create=True)
+    for config in expand(["experiment=smoke", "train.epochs=3", *overrides]).runs.values():
+        train(config, store)
+    return store
+
+
 def header(path):
     with open(path) as f:
         return next(csv.reader(f))
@@ -63,9 +71,7 @@ def test_external_trajectories_file(tmp_path, analyze_cli):
 
 
 def test_a_smoke_store(tmp_path, analyze_cli, sweep_cli):
-    store = Store.open(str(tmp_path / "s"), create=True)
-    for config in expand(["experiment=smoke", "train.epochs=3"]).runs.values():
-        train(config, store)
+    store = smoke_store(tmp_path / "s")
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
@@ -128,10 +134,7 @@ def test_gauss_newton_traces_are_called_so_in_every_report(tmp_path, analyze_cli
 
 
 def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda_max(tmp_path, analyze_cli):
-    store = Store.open(str(tmp_path / "s"), create=True)
-    spectral = ["monitor.eigen.every=5", "monitor.density.epochs=[1,2,3]", "monitor.density.steps=12"]
-    for config in expand(["experiment=smoke", "train.epochs=3", *spectral]).runs.values():
-        train(config, store)
+    smoke_store(tmp_path / "s", "monitor.eigen.every=5", "monitor.density.epochs=[1,2,3]", "monitor.density.steps=12")
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
@@ -154,11 +157,8 @@ def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda
 
 
 def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
-    store = Store.open(str(tmp_path / "s"), create=True)
-    inside = ["monitor.gauss_newton.every=11", "monitor.interlayer.every=11",
-              "monitor.interlayer.operators=[ggn,tensor]"]
-    for config in expand(["experiment=smoke", "train.epochs=3", *inside]).runs.values():
-        train(config, store)
+    smoke_store(tmp_path / "s", "monitor.gauss_newton.every=11", "monitor.interlayer.every=11",
+                "monitor.interlayer.operators=[ggn,tensor]")
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr

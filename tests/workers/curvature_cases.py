@@ -104,9 +104,14 @@ def dense_hessian(model, criterion, inputs, targets, groups="module"):
     flat = torch.cat([p.detach().reshape(-1) for p in resolved.params])
     with evaluation_mode(model):
         h = hessian(loss)(flat)
+    return h, group_slices(resolved)
+
+
+def group_slices(groups) -> list[slice]:
+    """Each group's slice of the parameter vector in group order."""
     slices, start = [], 0
-    for l in range(len(resolved.names)):
-        n = sum(sz for sz, g in zip(sizes, resolved.group_of) if g == l)
+    for l in range(len(groups.names)):
+        n = sum(p.numel() for p, g in zip(groups.params, groups.group_of) if g == l)
         slices.append(slice(start, start + n))
         start += n
-    return h, slices
+    return slices

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.workers.curvature_cases import CASES, RELU_BN, Case, make
-from tests.workers.test_curvature import _assert_unchanged, _bn_dropout_model, _snapshot
+from tests.workers.test_curvature import assert_pure_and_reproducible
 from tests.workers.test_split import GELU, dense_split
 from workers.curvature import gn_gap, interlayer_blocks, stable_rank, top_eigenvalues
 from workers.curvature.blocks import InterlayerBlocks, walsh_rows
@@ -96,14 +96,12 @@ def test_gn_gap_is_the_ratio_of_tensor_to_gauss_newton_norms_and_vanishes_on_pie
         gn_gap(exact_blocks(names, "ggn", dense_blocks(g, slices)), exact_blocks(names, "ggn", dense_blocks(g, slices)))
 
 
-def test_blocks_are_reproducible_and_leave_the_model_as_it_was():
-    model = _bn_dropout_model()
-    before = _snapshot(model)
-    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = interlayer_blocks(model, nn.CrossEntropyLoss(), x, y, num_probes=2, generator=torch.Generator().manual_seed(1))
-    _assert_unchanged(model, before)
-    b = interlayer_blocks(model, nn.CrossEntropyLoss(), x, y, num_probes=2, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.values, b.values)
+@pytest.mark.parametrize("design", ["columns", "walsh", "signs"])
+def test_blocks_are_reproducible_and_leave_the_model_as_it_was(design):
+    assert_pure_and_reproducible(
+        lambda model, criterion, x, y, g: interlayer_blocks(model, criterion, x, y, num_probes=2, design=design,
+                                                            operator="tensor", generator=g),
+        lambda r: (r.values,))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -241,6 +241,19 @@ def _assert_unchanged(model, before):
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grad_values))
 
 
+def assert_pure_and_reproducible(estimate, values):
+    """``estimate(model, criterion, inputs, targets, generator)`` leaves a BatchNorm/dropout
+    model in mixed train/eval mode with set ``.grad`` exactly as it was, and gives the same
+    ``values(result)`` (a tuple of tensors) twice from one seed."""
+    model = _bn_dropout_model()
+    before = _snapshot(model)
+    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    a = estimate(model, nn.CrossEntropyLoss(), x, y, torch.Generator().manual_seed(1))
+    _assert_unchanged(model, before)
+    b = estimate(model, nn.CrossEntropyLoss(), x, y, torch.Generator().manual_seed(1))
+    assert all(torch.equal(u, v) for u, v in zip(values(a), values(b)))
+
+
 @pytest.mark.parametrize("hvp", ["reverse", "forward", "forward-vmap"])
 def test_no_side_effects(hvp):
     model = _bn_dropout_model()

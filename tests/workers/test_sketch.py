@@ -8,7 +8,7 @@ import torch
 
 from tests.workers.curvature_cases import CASES, RELU_BN, make
 from tests.workers.test_blocks import DEEP
-from tests.workers.test_curvature import _assert_unchanged, _bn_dropout_model, _snapshot
+from tests.workers.test_curvature import assert_pure_and_reproducible
 from tests.workers.test_split import dense_split
 from workers.curvature import parameter_groups
 from workers.curvature.probes import draw_probe
@@ -68,14 +68,11 @@ def test_a_sketch_as_wide_as_a_block_leaves_its_residual_zero():
     assert est.probe_values.abs().max() < 1e-12  # nothing is left outside the sketch
 
 
-def test_sketched_trace_leaves_the_model_as_it_was():
-    model = _bn_dropout_model()
-    before = _snapshot(model)
-    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = sketched_trace(model, torch.nn.CrossEntropyLoss(), x, y, generator=torch.Generator().manual_seed(1))
-    _assert_unchanged(model, before)
-    b = sketched_trace(model, torch.nn.CrossEntropyLoss(), x, y, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.exact_values, b.exact_values) and torch.equal(a.probe_values, b.probe_values)
+@pytest.mark.parametrize("method", ["hutch++", "xtrace"])
+def test_sketched_trace_is_reproducible_and_leaves_the_model_as_it_was(method):
+    assert_pure_and_reproducible(
+        lambda model, criterion, x, y, g: sketched_trace(model, criterion, x, y, budget=8, method=method, generator=g),
+        lambda r: (r.exact_values, r.probe_values))
 
 
 @pytest.mark.parametrize("kwargs, message", [

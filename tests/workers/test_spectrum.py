@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.workers.curvature_cases import CASES, RELU_BN, dense_hessian, make
-from tests.workers.test_curvature import _assert_unchanged, _bn_dropout_model, _snapshot
+from tests.workers.test_curvature import assert_pure_and_reproducible
 from workers.curvature import lanczos, parameter_groups, smooth_density, spectral_density, top_eigenvalues
 from workers.curvature.hvp import NETWORK
 from workers.curvature.reference import power_iteration
@@ -155,15 +155,9 @@ def test_converged_extremes_are_within_their_residuals_of_the_dense_ones(case):
 
 
 def test_top_eigenvalues_are_reproducible_and_leave_the_model_as_it_was():
-    model = _bn_dropout_model()
-    before = _snapshot(model)
-    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"],
-                        generator=torch.Generator().manual_seed(4))
-    _assert_unchanged(model, before)
-    b = top_eigenvalues(model, nn.CrossEntropyLoss(), x, y, layers=["0", "5"],
-                        generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a.largest, b.largest) and torch.equal(a.residuals, b.residuals) and a.matvecs == b.matvecs
+    assert_pure_and_reproducible(
+        lambda model, criterion, x, y, g: top_eigenvalues(model, criterion, x, y, layers=["0", "5"], generator=g),
+        lambda r: (r.largest, r.smallest, r.residuals, torch.tensor(r.matvecs)))
 
 
 def test_a_block_smaller_than_k_is_padded_with_nan():
@@ -272,15 +266,9 @@ def test_without_reorthogonalisation_ghosts_keep_the_moments():
 
 
 def test_spectral_density_is_reproducible_and_leaves_the_model_as_it_was():
-    model = _bn_dropout_model()
-    before = _snapshot(model)
-    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = spectral_density(model, nn.CrossEntropyLoss(), x, y, steps=8, deflate=1,
-                         generator=torch.Generator().manual_seed(4))
-    _assert_unchanged(model, before)
-    b = spectral_density(model, nn.CrossEntropyLoss(), x, y, steps=8, deflate=1,
-                         generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a.nodes, b.nodes) and torch.equal(a.weights, b.weights)
+    assert_pure_and_reproducible(
+        lambda model, criterion, x, y, g: spectral_density(model, criterion, x, y, steps=8, deflate=1, generator=g),
+        lambda r: (r.nodes, r.weights, r.outliers))
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

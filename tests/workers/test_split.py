@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from tests.workers.curvature_cases import CASES, RELU_BN, Case, make
-from tests.workers.test_curvature import _assert_unchanged, _bn_dropout_model, _snapshot
+from tests.workers.curvature_cases import CASES, RELU_BN, Case, group_slices, make
+from tests.workers.test_curvature import assert_pure_and_reproducible
 from workers.curvature import gauss_newton_split, layerwise_trace, parameter_groups
 from workers.curvature.hvp import evaluation_mode
 from workers.curvature.split import split_products
@@ -41,12 +41,7 @@ def dense_split(model, x, y):
         p = torch.softmax(logits(flat), 1)
     hn = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     g = torch.einsum("ncp,ncd,ndq->pq", jac, hn, jac) / len(x)
-    slices, start = [], 0
-    for l in range(len(groups.names)):
-        size = sum(sz for sz, gi in zip(sizes, groups.group_of) if gi == l)
-        slices.append(slice(start, start + size))
-        start += size
-    return h, g, slices
+    return h, g, group_slices(groups)
 
 
 def test_the_dense_oracle_agrees_with_central_differences():
@@ -137,13 +132,9 @@ def test_the_hessian_values_are_layerwise_traces_on_the_same_probes():
 
 
 def test_split_is_reproducible_and_leaves_the_model_as_it_was():
-    model = _bn_dropout_model()
-    before = _snapshot(model)
-    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
-    a = gauss_newton_split(model, nn.CrossEntropyLoss(), x, y, num_probes=3, generator=torch.Generator().manual_seed(1))
-    _assert_unchanged(model, before)
-    b = gauss_newton_split(model, nn.CrossEntropyLoss(), x, y, num_probes=3, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.hessian_values, b.hessian_values) and torch.equal(a.ggn_values, b.ggn_values)
+    assert_pure_and_reproducible(
+        lambda model, criterion, x, y, g: gauss_newton_split(model, criterion, x, y, num_probes=3, generator=g),
+        lambda r: (r.hessian_values, r.ggn_values))
 
 
 @pytest.mark.parametrize("criterion, message", [

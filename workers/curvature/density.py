@@ -41,7 +41,7 @@ from workers.curvature.eigen import check_count
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import block_operators, evaluation_mode
 from workers.curvature.lanczos import REORTHOGONALIZE, lanczos
-from workers.curvature.probes import check_generator, draw_probe
+from workers.curvature.probes import check_generator, flat_probe
 
 REORTHOGONALIZE_BYTES = 2**30  # "auto": keep the m x n basis when it fits in 1 GiB (m = 64: n <= 4.2M in float32)
 
@@ -166,8 +166,7 @@ def spectral_density(
             n = sum(p.numel() for p in params)
 
             def start() -> torch.Tensor:
-                return torch.cat([z.reshape(-1) for z in draw_probe(params, distribution="rademacher",
-                                                                    generator=generator)])
+                return flat_probe(params, generator=generator)
 
             if deflate >= n:
                 raise ValueError(f"deflate={deflate} leaves nothing of block {name} ({n} parameters); deflate fewer "

@@ -34,7 +34,7 @@ from torch import nn
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import block_operators, evaluation_mode
 from workers.curvature.lanczos import converged_ends, lanczos
-from workers.curvature.probes import check_generator, draw_probe
+from workers.curvature.probes import check_generator, flat_probe
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ def top_eigenvalues(
     with evaluation_mode(model):
         loss, blocks = block_operators(model, criterion, inputs, targets, resolved, layers)
         for name, indices, matvec in blocks:
-            start = torch.cat([z.reshape(-1) for z in draw_probe(
-                [resolved.params[i] for i in indices], distribution="rademacher", generator=generator)])
+            start = flat_probe([resolved.params[i] for i in indices], generator=generator)
             names.append(name)
             numel.append(len(start))
             try:

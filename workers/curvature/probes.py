@@ -62,6 +62,12 @@ def draw_probe(
     return probe
 
 
+def flat_probe(params: list[torch.Tensor], *, generator: torch.Generator | None) -> torch.Tensor:
+    """One Rademacher probe over ``params`` as one flat vector, in their order (the vector
+    the Lanczos and sketch estimators work on; the same draws as ``draw_probe``)."""
+    return torch.cat([z.reshape(-1) for z in draw_probe(params, distribution="rademacher", generator=generator)])
+
+
 def block_signs(num_groups: int, *, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Independent Rademacher signs, one per group (for the block Frobenius estimate)."""
     signs = torch.empty(num_groups, device=like.device, dtype=like.dtype).bernoulli_(0.5, generator=generator)

@@ -40,8 +40,8 @@ from torch import nn
 
 from workers.curvature.eigen import check_count
 from workers.curvature.groups import parameter_groups
-from workers.curvature.hvp import evaluation_mode, reverse_hvp
-from workers.curvature.probes import check_generator, draw_probe
+from workers.curvature.hvp import block_operators, evaluation_mode, reverse_hvp
+from workers.curvature.probes import check_generator, draw_probe, flat_probe
 from workers.curvature.trace import group_dots, probe_mean, probe_stderr
 
 METHODS = ("hutch++", "xtrace")
@@ -188,17 +188,11 @@ def _xtrace(model, criterion, inputs, targets, *, budget, generator, groups) -> 
     n = budget // 2
     columns, ranks, matvecs = [], [], 0
     with evaluation_mode(model):
-        loss, products = reverse_hvp(model, criterion, inputs, targets, resolved.params)
-        for l in range(len(resolved.names)):
-            block = [i for i, g in enumerate(resolved.group_of) if g == l]
-            wrt = [resolved.params[i] for i in block]
-            sizes = [p.numel() for p in wrt]
-
-            def matvec(v: torch.Tensor) -> torch.Tensor:
-                parts = [x.view_as(p) for x, p in zip(torch.split(v, sizes), wrt)]
-                return torch.cat([w.reshape(-1) for w in products([parts], block=block)[0]])
-
-            size = sum(sizes)
+        # the restricted operators x_l -> H_ll x_l of every group, on one retained graph
+        loss, blocks = block_operators(model, criterion, inputs, targets, resolved, resolved.names)
+        for _, indices, matvec in blocks:
+            wrt = [resolved.params[i] for i in indices]
+            size = sum(p.numel() for p in wrt)
             if size <= budget:  # exactly, from the unit vectors: no more products than the budget
                 eye = torch.eye(size, dtype=wrt[0].dtype, device=wrt[0].device)
                 trace = sum(float(matvec(eye[i])[i]) for i in range(size))
@@ -206,9 +200,7 @@ def _xtrace(model, criterion, inputs, targets, *, budget, generator, groups) -> 
                 ranks.append(size)
                 matvecs += size
                 continue
-            tests = torch.stack([torch.cat([z.reshape(-1) for z in draw_probe(wrt, distribution="rademacher",
-                                                                              generator=generator)])
-                                 for _ in range(n)], 1)
+            tests = torch.stack([flat_probe(wrt, generator=generator) for _ in range(n)], 1)
             columns.append(xtrace_estimates(matvec, tests).cpu())
             ranks.append(n)
             matvecs += budget
