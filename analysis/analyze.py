@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.blocks import Coupling, TensorShare, couplings, tensor_shares
+from analysis.blocks import Coupling, LayerMap, couplings, stable_ranks, tensor_shares
 from analysis.cusum import METHOD, CalibrationError
 from analysis.detection import MIN_CLEAN, Detection, autocorrelation, detect, early_false_alarms, table_rows
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
@@ -31,7 +31,8 @@ class Results:
     eigen: list = field(default_factory=list)  # lambda_max ensembles (analysis.inputs.Ensemble), when logged
     densities: list[Density] = field(default_factory=list)  # early/middle/late densities, when logged
     couplings: list[Coupling] = field(default_factory=list)  # early/middle/late coupling matrices, when logged
-    tensor_shares: list[TensorShare] = field(default_factory=list)  # per layer over training, when logged
+    tensor_shares: list[LayerMap] = field(default_factory=list)  # per layer over training, when logged
+    stable_ranks: list[LayerMap] = field(default_factory=list)  # per layer, where pairs and eigenvalues meet
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -100,7 +101,7 @@ def analyze(
     if len(window) != 2 or window[0] > window[1]:
         raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
     notes = list(traj.notes)
-    table1, cohens, sensitivity, detections, eigen, spectra, coupled, shares = [], [], [], [], [], [], [], []
+    table1, cohens, sensitivity, detections, eigen, spectra, coupled, shares, ranks = [], [], [], [], [], [], [], [], []
     summary = {"configurations": {}, "calibration_method": METHOD, "k": k, "arl0": arl0, "layer": layer,
                "quantity": traj.quantity, "quantity_name": traj.quantity_name}
     chosen = configurations(traj)  # one pass over the table's rows
@@ -144,6 +145,7 @@ def analyze(
         spectra += densities(traj, configuration, monitored)
         coupled += couplings(traj, configuration)
         shares += tensor_shares(traj, configuration)
+        ranks += stable_ranks(traj, configuration)
         detections += config_detections
         rows, more = effect_sizes(traj, configuration, arch, dataset, window=window, resamples=resamples,
                                   rng_seed=seed * 1000 + c)
@@ -179,6 +181,7 @@ def analyze(
     summary["spectral"] = {"lambda_max": sorted({f"{e.configuration} {e.layer}" for e in eigen}),
                            "densities": sorted({f"{d.configuration} {d.layer} step {d.step}" for d in spectra}),
                            "couplings": sorted({f"{c.configuration} {c.operator} step {c.step}" for c in coupled}),
-                           "tensor_shares": sorted({t.configuration for t in shares})}
+                           "tensor_shares": sorted({t.configuration for t in shares}),
+                           "stable_ranks": sorted({t.configuration for t in ranks})}
     return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels, eigen, spectra, coupled,
-                   shares)
+                   shares, ranks)

@@ -6,7 +6,9 @@ Runs are pooled before any ratio is taken: the coupling C_lm = ||A_lm||_F / sqrt
 ||A_mm||_F) of a group of runs is computed from the group's mean F_lm = ||A_lm||_F^2 (each
 run's estimate is unbiased, the mean too; a ratio of noisy single-probe estimates would not
 be), and the tensor share of a layer from the mean tr(H^T_ll) over the mean tr(H_ll).
-Negative mean estimates of F (possible with few probes) are clipped to 0.
+Negative mean estimates of F (possible with few probes) are clipped to 0. The stable rank
+D_l = ||H_ll||_F^2 / ||H_ll||_2^2 joins the pair table's diagonal to the blocks' extreme
+eigenvalues (``top_eigenvalues``), where both were logged at one step.
 """
 
 from __future__ import annotations
@@ -35,16 +37,19 @@ class Coupling:
     matrices: dict[str, np.ndarray]
     runs: dict[str, int]
     metric: str = "coupling"
+    distance: np.ndarray | None = None  # [L, L] in the network's graph; None for stores logged before it
 
 
 @dataclass(frozen=True)
-class TensorShare:
-    """tr(H^T_ll) / tr(H_ll) of one configuration per group: ``shares`` [L, T] over ``epochs``."""
+class LayerMap:
+    """A per-layer ``quantity`` of one configuration over training, per group: ``values``
+    [L, T] over ``epochs`` (``tensor share`` tr(H^T_ll) / tr(H_ll), or ``stable rank`` D_l)."""
 
     configuration: str
+    quantity: str
     layers: list[str]
     epochs: np.ndarray
-    shares: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
 
 
 def _group(eta: float) -> str:
@@ -61,21 +66,34 @@ def couplings(traj: Trajectories, configuration: str) -> list[Coupling]:
     for operator in operators:
         rows = t.filter(pc.equal(t["operator"], operator))
         for step in early_middle_late(rows["step"].to_pylist()):
-            layers, means, runs = _means(rows.filter(pc.equal(rows["step"], step)).to_pylist())
-            epoch = rows.filter(pc.equal(rows["step"], step))["epoch"][0].as_py()
+            records = rows.filter(pc.equal(rows["step"], step)).to_pylist()
+            layers, means, runs = _means(records)
+            epoch, distance = records[0]["epoch"], _distance(records, layers)
             with np.errstate(divide="ignore", invalid="ignore"):
                 if operator == "tensor" and "ggn" in operators:
                     ggn = t.filter(pc.and_(pc.equal(t["operator"], "ggn"), pc.equal(t["step"], step))).to_pylist()
                     _, ggn_means, _ = _means(ggn)
                     matrices = {g: np.sqrt(f) / np.sqrt(ggn_means[g]) for g, f in means.items() if g in ggn_means}
-                    made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs, "GN-Gap"))
+                    made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs, "GN-Gap",
+                                         distance))
                     continue
                 matrices = {}
                 for group, f in means.items():
                     diagonal = np.sqrt(np.sqrt(np.diag(f)))
                     matrices[group] = np.sqrt(f) / np.outer(diagonal, diagonal)
-            made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs))
+            made.append(Coupling(configuration, operator, step, epoch, layers, matrices, runs, distance=distance))
     return made
+
+
+def _distance(records: list[dict], layers: list[str]) -> np.ndarray | None:
+    """The pairs' distances in the network's graph [L, L], or None when they were not logged."""
+    if any(r.get("distance") is None for r in records):
+        return None
+    position = {name: i for i, name in enumerate(layers)}
+    distance = np.zeros((len(layers), len(layers)), dtype=int)
+    for r in records:
+        distance[position[r["layer"]], position[r["other"]]] = r["distance"]
+    return distance
 
 
 def _means(records: list[dict]) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
@@ -94,7 +112,7 @@ def _means(records: list[dict]) -> tuple[list[str], dict[str, np.ndarray], dict[
     return layers, means, {group: len(ids) for group, ids in runs.items()}
 
 
-def tensor_shares(traj: Trajectories, configuration: str) -> list[TensorShare]:
+def tensor_shares(traj: Trajectories, configuration: str) -> list[LayerMap]:
     """Each layer's tensor share over training, clean and noisy."""
     if traj.split is None or traj.split.num_rows == 0:
         return []
@@ -118,4 +136,39 @@ def tensor_shares(traj: Trajectories, configuration: str) -> list[TensorShare]:
         if (group, "split_trace") in sums:
             with np.errstate(divide="ignore", invalid="ignore"):
                 shares[group] = sums[(group, "split_tensor_trace")] / sums[(group, "split_trace")]
-    return [TensorShare(configuration, layers, np.array([epochs[s] for s in steps]), shares)]
+    return [LayerMap(configuration, "tensor share", layers, np.array([epochs[s] for s in steps]), shares)]
+
+
+def stable_ranks(traj: Trajectories, configuration: str) -> list[LayerMap]:
+    """The stable rank D_l = ||H_ll||_F^2 / ||H_ll||_2^2 of each layer over training, clean and
+    noisy, where the Hessian's pair table (its diagonal F_ll) and the block's extreme
+    eigenvalues (``monitor.eigen.layers=all``, ||H_ll||_2 = max(|lambda_max|, |lambda_min|))
+    were logged at the same step. Pooled as the rest: the group's mean F_ll over its mean
+    ||H_ll||_2^2, the same runs in both."""
+    if traj.pairs is None or traj.eigen is None or traj.eigen_min is None:
+        return []
+    norms: dict[tuple, float] = {}
+    for table in (traj.eigen, traj.eigen_min):
+        rows = table.filter(pc.equal(table["configuration"], configuration))
+        for r in rows.select(["run_id", "step", "layer", "trace"]).to_pylist():
+            key = (r["run_id"], r["step"], r["layer"])
+            norms[key] = max(norms.get(key, 0.0), r["trace"] ** 2)
+    t = traj.pairs.filter(pc.and_(pc.equal(traj.pairs["configuration"], configuration),
+                                  pc.equal(traj.pairs["operator"], "hessian")))
+    records = [r for r in t.filter(pc.equal(t["layer"], t["other"])).to_pylist()
+               if (r["run_id"], r["step"], r["layer"]) in norms]
+    if not records:
+        return []
+    order = {r["layer_index"]: r["layer"] for r in records}
+    layers = [order[i] for i in sorted(order)]
+    steps = sorted({r["step"] for r in records})
+    epochs = {r["step"]: r["epoch"] for r in records}
+    li, si = {name: i for i, name in enumerate(layers)}, {s: i for i, s in enumerate(steps)}
+    sums: dict[str, np.ndarray] = {}
+    for r in records:
+        frob, norm = sums.setdefault(_group(r["eta"]), np.zeros((2, len(layers), len(steps))))
+        frob[li[r["layer"]], si[r["step"]]] += max(r["value"], 0.0)
+        norm[li[r["layer"]], si[r["step"]]] += norms[(r["run_id"], r["step"], r["layer"])]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = {group: np.where(norm > 0, frob / norm, np.nan) for group, (frob, norm) in sums.items()}
+    return [LayerMap(configuration, "stable rank", layers, np.array([epochs[s] for s in steps]), values)]

@@ -43,6 +43,7 @@ class Trajectories:
     axes: dict[str, dict[str, str]] = field(default_factory=dict)  # configuration -> its grid.axes values
     quantity: str = "trace"  # which per-layer quantity the trajectories are (the column is called trace)
     eigen: pa.Table | None = None  # lambda_max snapshot rows of the same runs, when they logged eigenvalues
+    eigen_min: pa.Table | None = None  # and their lambda_min rows
     spectra: pa.Table | None = None  # their spectral-density rows (store.schema.SPECTRA_SCHEMA + identity)
     split: pa.Table | None = None  # their Gauss-Newton split rows (quantities split_*), when logged
     pairs: pa.Table | None = None  # their inter-layer block rows (store.schema.PAIRS_SCHEMA + identity)
@@ -151,8 +152,8 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
 
 
 def _extras(store, done: pa.Table) -> dict[str, pa.Table]:
-    """The optional quantities of the runs that logged them: lambda_max rows, spectral
-    densities, the Gauss-Newton split and the pair table (each read only then: another pass
+    """The optional quantities of the runs that logged them: lambda_max and lambda_min rows,
+    spectral densities, the Gauss-Newton split and the pair table (each read only then: another pass
     over the snapshot files costs as much as the first)."""
     from store import StoreError
 
@@ -163,13 +164,15 @@ def _extras(store, done: pa.Table) -> dict[str, pa.Table]:
 
     found = {}
     try:
-        if logged("eigen", "every"):
-            found["eigen"] = _check(store.snapshots(runs=done, quantity="lambda_max"), "the store", "lambda_max")
+        if logged("eigen", "every") or logged("gauss_newton", "every"):
+            rows = store.snapshots(runs=done)  # one pass over the snapshot files for both
+            if logged("eigen", "every"):
+                found["eigen"] = _check(rows, "the store", "lambda_max")
+                found["eigen_min"] = _check(rows, "the store", "lambda_min")
+            if logged("gauss_newton", "every"):
+                found["split"] = rows.filter(pc.starts_with(rows["quantity"], "split_"))
         if logged("density", "epochs"):
             found["spectra"] = store.spectra(runs=done)
-        if logged("gauss_newton", "every"):
-            split = store.snapshots(runs=done)
-            found["split"] = split.filter(pc.starts_with(split["quantity"], "split_"))
         if logged("interlayer", "every"):
             found["pairs"] = store.pairs(runs=done)
     except StoreError as err:

@@ -206,8 +206,8 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
 
 
 def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
-    """Coupling heat maps (clean and noisy rows, early/middle/late columns) and each layer's
-    tensor-part share over training."""
+    """Coupling heat maps (clean and noisy rows, early/middle/late columns), their profile by
+    distance, and each layer's tensor-part share and stable rank over training."""
     made, label = [], results.labels.get
     panels: dict[tuple[str, str], list] = {}
     for c in results.couplings:
@@ -245,41 +245,62 @@ def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
         made.append((f"{name}: {what}, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
         made.append((f"{name}: {what} by distance, {operator}", _distance_profile(shown, name, what, operator, plt,
                                                                             out / f"distance_{tag}.png")))
-    for t in results.tensor_shares:
-        groups = list(t.shares)
-        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 0.1 * len(t.layers) + 2.2),
-                                 squeeze=False)
-        values = np.concatenate([np.abs(v[np.isfinite(v)]) for v in t.shares.values()])
-        limit = max(1e-6, float(np.percentile(values, 95)) if values.size else 1.0)  # robust: ratios of estimates
-        image = None
-        for ax, group in zip(axes[0], groups):
-            image = ax.imshow(t.shares[group], aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                              extent=(t.epochs[0], t.epochs[-1], len(t.layers) - 0.5, -0.5))
-            ax.set(title=group, xlabel="epoch")
-        axes[0][0].set_ylabel("layer (network order)")
-        fig.colorbar(image, ax=axes, extend="both", label="tr(H^T_ll) / tr(H_ll)")
-        name = label(t.configuration, t.configuration)
-        fig.suptitle(f"{name}: tensor-part share of each layer's trace", fontsize=10)
-        made.append((f"{name}: tensor-part share", _save(fig, out / f"tensor_share_{t.configuration}.png",
-                                                         tight=False)))
+    for t in [*results.tensor_shares, *results.stable_ranks]:
+        made.append(_layer_map(t, label(t.configuration, t.configuration), plt, out))
     return made
 
 
+def _layer_map(t, name: str, plt, out: Path) -> tuple[str, Path]:
+    """A per-layer quantity over training as an image, one panel per group: the tensor share
+    on a diverging scale around 0, the stable rank on a log scale."""
+    from matplotlib.colors import LogNorm
+
+    groups = list(t.values)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 0.1 * len(t.layers) + 2.2),
+                             squeeze=False)
+    values = np.concatenate([v[np.isfinite(v)] for v in t.values.values()])
+    if t.quantity == "tensor share":
+        limit = max(1e-6, float(np.percentile(np.abs(values), 95)) if values.size else 1.0)  # ratios of estimates
+        scale, cmap, extend = dict(vmin=-limit, vmax=limit), "RdBu_r", "both"
+        text = "tr(H^T_ll) / tr(H_ll)"
+    else:
+        positive = values[values > 0]
+        low, high = (float(positive.min()), float(positive.max())) if positive.size else (1.0, 10.0)
+        scale, cmap, extend = dict(norm=LogNorm(vmin=low, vmax=max(high, low * 1.01))), "viridis", "neither"
+        text = "stable rank ||H_ll||_F^2 / ||H_ll||_2^2"
+    image = None
+    for ax, group in zip(axes[0], groups):
+        image = ax.imshow(t.values[group], aspect="auto", cmap=cmap, **scale,
+                          extent=(t.epochs[0], t.epochs[-1], len(t.layers) - 0.5, -0.5))
+        ax.set(title=group, xlabel="epoch")
+    axes[0][0].set_ylabel("layer (network order)")
+    fig.colorbar(image, ax=axes, extend=extend, label=text)
+    caption, title = {"tensor share": ("tensor-part share", "tensor-part share of each layer's trace"),
+                      "stable rank": ("stable rank", "stable rank of each layer's Hessian block")}[t.quantity]
+    fig.suptitle(f"{name}: {title}", fontsize=10)
+    tag = t.quantity.replace(" ", "_")
+    return f"{name}: {caption}", _save(fig, out / f"{tag}_{t.configuration}.png", tight=False)
+
+
 def _distance_profile(shown: list, name: str, what: str, operator: str, plt, path: Path) -> Path:
-    """The mean of a coupling matrix over pairs |l - m| = d apart in network order (the
-    profile by DAG distance of seed 001, along the execution order), per group and step."""
+    """The mean of a coupling matrix over the pairs d apart in the network's graph (seed 001's
+    profile by DAG distance; |l - m| in network order for stores logged without distances),
+    per group and step."""
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     styles = {0: ":", 1: "--", 2: "-"}
+    in_graph = all(c.distance is not None for c in shown)
     for position, c in enumerate(shown):
         index = np.arange(len(c.layers))
-        distance = np.abs(index[:, None] - index[None, :])
+        distance = c.distance if in_graph else np.abs(index[:, None] - index[None, :])
+        reach = range(1, int(distance.max()) + 1)
         for group, matrix in c.matrices.items():
             finite = np.isfinite(matrix)
             profile = [float(np.mean(matrix[(distance == d) & finite])) if ((distance == d) & finite).any()
-                       else np.nan for d in range(1, len(c.layers))]
-            ax.plot(range(1, len(c.layers)), profile, styles.get(position, "-"), lw=1,
+                       else np.nan for d in reach]
+            ax.plot(list(reach), profile, styles.get(position, "-"), lw=1,
                     color="tab:blue" if group == "clean" else "tab:red", label=f"{group}, epoch {c.epoch:.0f}")
-    ax.set(xlabel="distance |l - m| in network order", ylabel=f"mean {what}",
+    where = "shortest path in the network's graph" if in_graph else "|l - m| in network order"
+    ax.set(xlabel=f"distance ({where})", ylabel=f"mean {what}",
            title=f"{name}: {what} of the {operator} blocks by distance")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)

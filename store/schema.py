@@ -41,7 +41,7 @@ IDENTITY = [
 ]
 # Columns added to version 2 after it first shipped: a file written before has none,
 # and is read with them null (``files.read_parquet``); nothing else changed, so no migration.
-ADDED = {"axes"}
+ADDED = {"axes", "distance"}
 RUNS_SCHEMA = pa.schema(
     [
         *IDENTITY,
@@ -118,6 +118,7 @@ PAIRS_SCHEMA = pa.schema(
         ("other", pa.string()),  # column m
         ("layer_index", pa.int32()),
         ("other_index", pa.int32()),
+        ("distance", pa.int32()),  # shortest path between l and m in the network's graph (null before it was logged)
         ("value", pa.float64()),  # the mean of probe_values: unbiased for ||A_lm||_F^2 (may be < 0)
         ("stderr", pa.float64()),
         ("probe_values", pa.list_(pa.float64())),

@@ -109,7 +109,8 @@ def pair_rows(base: dict, result, index: dict[str, int]) -> list[dict]:
     """``pairs`` rows of ``interlayer_blocks``: one per ordered pair of layers."""
     mean, stderr = result.frob_sq.tolist(), result.stderr.tolist()
     return [{**base, "operator": result.operator, "design": result.design, "layer": a, "other": b,
-             "layer_index": index[a], "other_index": index[b], "value": mean[i][j], "stderr": stderr[i][j],
+             "layer_index": index[a], "other_index": index[b], "distance": int(result.distance[i, j]),
+             "value": mean[i][j], "stderr": stderr[i][j],
              "probe_values": result.values[:, i, j].tolist()}
             for i, a in enumerate(result.layers) for j, b in enumerate(result.layers)]
 

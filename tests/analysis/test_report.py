@@ -158,16 +158,22 @@ def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda
 
 def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
     smoke_store(tmp_path / "s", "monitor.gauss_newton.every=11", "monitor.interlayer.every=11",
-                "monitor.interlayer.operators=[ggn,tensor]")
+                "monitor.interlayer.operators=[hessian,ggn,tensor]", "monitor.eigen.every=11", "monitor.eigen.layers=all")
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
     check_outputs(out, "classifier")
-    for operator in ("ggn", "tensor"):
+    for operator in ("hessian", "ggn", "tensor"):
         assert len(list(out.glob(f"coupling_vgg11-digits-*_{operator}.png"))) == 1
         assert len(list(out.glob(f"distance_vgg11-digits-*_{operator}.png"))) == 1
     assert len(list(out.glob("tensor_share_vgg11-digits-*.png"))) == 1
+    assert len(list(out.glob("stable_rank_vgg11-digits-*.png"))) == 1
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["spectral"]["couplings"]) == 2 * 3  # two operators at epochs 1, 2, 3
+    assert len(summary["spectral"]["couplings"]) == 3 * 3  # three operators at epochs 1, 2, 3
+    assert len(summary["spectral"]["stable_ranks"]) == 1
     page = (out / "report.html").read_text()
     assert "coupling, ggn" in page and "GN-Gap, tensor" in page and "tensor-part share" in page
+    assert "stable rank" in page
+    pairs = Store.open(str(tmp_path / "s")).pairs()  # VGG-11 is a chain: its graph distance is |l - m|
+    assert pairs["distance"].to_pylist() == [abs(a - b) for a, b in zip(pairs["layer_index"].to_pylist(),
+                                                                        pairs["other_index"].to_pylist())]

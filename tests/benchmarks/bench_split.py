@@ -18,7 +18,9 @@ steps:
    Hutchinson (``blockwise_trace``) with 12 per layer, over 10 seeds: whether a block's own
    spectrum is low-rank enough for a sketch to pay, at L times the single pass's products.
 
-    python -m tests.benchmarks.bench_split
+    python -m tests.benchmarks.bench_split [--full-width]
+
+``--full-width`` adds part 1 at width 1 (one repetition).
 """
 
 from __future__ import annotations
@@ -179,8 +181,14 @@ def design_precision(arch: str, width: float) -> None:
 
 
 def main() -> None:
+    """Everything at width 1/8; ``--full-width`` adds the costs at width 1 (minutes on 2 cores)."""
+    import sys
+
     for arch in ("resnet18", "vgg11"):
         costs(arch, 0.125)
+    if "--full-width" in sys.argv[1:]:
+        for arch in ("resnet18", "vgg11"):
+            costs(arch, 1.0, reps=1)
     for arch in ("resnet18", "vgg11"):
         hutchpp_against_single_pass(arch, 0.125)
     design_precision("vgg11", 0.125)

@@ -234,3 +234,22 @@ def test_a_checkpoint_whose_data_are_damaged_is_set_aside_so_the_next_attempt_st
     assert store.read_record("r")["status"] == "failed" and store.read_checkpoint("r") is None
     again = RunWriter(store, identity("r"))
     assert again.begin(host="h") is None and again.record["attempt"] == 3  # from step 0, fresh chunk names
+
+
+def test_a_pairs_chunk_written_before_distances_were_logged_reads_them_as_null(tmp_path):
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from store.files import read_parquet
+    from store.schema import PAIRS_SCHEMA
+
+    before = pa.schema([field for field in PAIRS_SCHEMA if field.name != "distance"])
+    row = dict(run_id="r", step=5, epoch=0.5, operator="ggn", design="columns", layer="a", other="b", layer_index=0,
+               other_index=1, value=0.25, stderr=0.1, probe_values=[0.25])
+    path = tmp_path / "old.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=before), path)
+    checked = read_parquet(path.read_bytes(), PAIRS_SCHEMA, shown="old.parquet")  # what `sweep check` does
+    read = pads.dataset([str(path)], schema=PAIRS_SCHEMA, format="parquet").to_table()  # what Store.pairs does
+    for table in (checked, read):
+        assert table.schema.names == PAIRS_SCHEMA.names
+        assert table.to_pylist() == [{**row, "distance": None}]

@@ -5,6 +5,7 @@ from workers.curvature.blocks import InterlayerBlocks, gn_gap, interlayer_blocks
 from workers.curvature.density import SpectralDensity, smooth_density, spectral_density
 from workers.curvature.eigen import TopEigen, top_eigenvalues
 from workers.curvature.ggn import GGNTrace, ggn_trace
+from workers.curvature.graph import layer_distances
 from workers.curvature.groups import ParameterGroups, parameter_groups
 from workers.curvature.head import HeadCurvature, head_curvature
 from workers.curvature.lanczos import LanczosRun, lanczos
@@ -40,6 +41,7 @@ __all__ = [
     "head_curvature",
     "interlayer_blocks",
     "lanczos",
+    "layer_distances",
     "layerwise_trace",
     "network_trace",
     "parameter_groups",

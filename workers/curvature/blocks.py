@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from workers.curvature.ggn import check_cross_entropy
+from workers.curvature.graph import layer_distances
 from workers.curvature.groups import parameter_groups
 from workers.curvature.hvp import evaluation_mode
 from workers.curvature.probes import check_generator, check_num_probes, draw_probe
@@ -57,7 +58,8 @@ OPERATORS = ("hessian", "ggn", "tensor")
 class InterlayerBlocks:
     """Per-probe estimates ``values`` [K, L, L] of F_lm = ||A_lm||_F^2 (symmetrised: the mean
     of the (l, m) and (m, l) estimates), the ``design``, the ``operator`` and, for ``walsh``,
-    the phantom columns ``phantoms`` [K, L, n_H - L] (true value 0)."""
+    the phantom columns ``phantoms`` [K, L, n_H - L] (true value 0), and the groups' distances
+    ``distance`` [L, L] in the network's graph (``layer_distances``), to profile by."""
 
     layers: list[str]
     numel: list[int]
@@ -67,6 +69,7 @@ class InterlayerBlocks:
     phantoms: torch.Tensor | None
     matvecs: int
     loss: float
+    distance: torch.Tensor | None = None
 
     @property
     def frob_sq(self) -> torch.Tensor:
@@ -230,4 +233,5 @@ def interlayer_blocks(
     return InterlayerBlocks(
         layers=list(resolved.names), numel=resolved.numel, design=design, operator=operator, values=values,
         phantoms=torch.stack(phantom_rows) if phantom_rows else None, matvecs=matvecs, loss=loss,
+        distance=layer_distances(model, criterion, inputs, targets, groups=groups),
     )
