@@ -4,7 +4,9 @@ Per configuration (the run config minus eta, seed and runtime) and monitored lay
 1. Phase I: the clean runs (eta = 0) give mu0(t), sigma0(t) pointwise per snapshot step.
 2. z_t = (T(t) - mu0(t)) / sigma0(t); a clean run is standardised leave-one-out (its own
    trajectory never enters its mu0, sigma0), a noisy run against the whole clean ensemble.
-3. h is calibrated on the pooled leave-one-out clean z values (analysis.cusum.calibrate).
+3. h is calibrated on the leave-one-out clean z (``analysis.calibration``: the Markov chain
+   on independent z, or, where they are serially dependent, a simulated AR(1) with their
+   distribution; ``method`` chooses, ``auto`` by the data).
 4. The two-sided CUSUM of eq. (11) runs on every run; its first alert is the detection.
 """
 
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.cusum import Calibration, CusumPath, calibrate, cusum
+from analysis.calibration import Phase1
+from analysis.cusum import Calibration, CusumPath, cusum
 from analysis.inputs import Ensemble
 from analysis.intervals import lag1_autocorrelation
 
@@ -58,13 +61,31 @@ class Detection:
         return np.where(first >= 0, self.ensemble.epochs[np.maximum(first, 0)], np.nan)
 
 
-def detect(ensemble: Ensemble, *, k: float, arl0: float) -> Detection:
+@dataclass(frozen=True)
+class Standardised:
+    """``standardise``'s output and the clean runs' Phase I, shared by every (k, ARL0)."""
+
+    z: np.ndarray
+    mu0: np.ndarray
+    sigma0: np.ndarray
+    phase1: Phase1
+
+
+def standardised(ensemble: Ensemble, *, seed: int = 0) -> Standardised:
     clean = ensemble.eta == 0
     if clean.sum() < MIN_CLEAN:
         raise ValueError(f"{clean.sum()} clean runs; calibration needs at least {MIN_CLEAN}")
     z, mu0, sigma0 = standardise(ensemble)
-    calibration = calibrate(z[clean].ravel(), k=k, arl0=arl0)
-    return Detection(ensemble, z, mu0, sigma0, calibration, cusum(z, k=k, h=calibration.h))
+    return Standardised(z, mu0, sigma0, Phase1(z[clean], seed=seed))
+
+
+def detect(ensemble: Ensemble, *, k: float, arl0: float, method: str = "auto",
+           prepared: Standardised | None = None) -> Detection:
+    """The CUSUM of every run of ``ensemble`` at (k, ARL0), h calibrated by ``method``;
+    ``prepared`` (``standardised(ensemble)``) saves redoing Phase I for another (k, ARL0)."""
+    s = prepared if prepared is not None else standardised(ensemble)
+    calibration = s.phase1.calibrate(k=k, arl0=arl0, method=method)
+    return Detection(ensemble, s.z, s.mu0, s.sigma0, calibration, cusum(s.z, k=k, h=calibration.h))
 
 
 def table_rows(detection: Detection) -> list[dict]:
@@ -83,7 +104,7 @@ def table_rows(detection: Detection) -> list[dict]:
             "det_epoch_mean": float(hit.mean()) if len(hit) else float("nan"),
             "det_epoch_std": float(hit.std(ddof=1)) if len(hit) > 1 else float("nan"),
             "h": detection.calibration.h, "k": detection.calibration.k,
-            "arl0": float(round(detection.calibration.arl0, 6)),
+            "arl0": float(round(detection.calibration.arl0, 6)), "calibration": detection.calibration.name,
         })
     return rows
 

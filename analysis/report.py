@@ -20,11 +20,10 @@ from analysis.analyze import Results
 
 TABLE1 = ["configuration", "arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean",
           "det_epoch_std",
-          "h", "k", "arl0"]
+          "h", "k", "arl0", "calibration"]
 COHENS_D = ["configuration", "arch", "dataset", "layer", "eta", "d", "ci_low", "ci_high", "n_clean", "n_noisy"]
-SENSITIVITY = ["configuration", "arch", "dataset", "layer", "k", "arl0", "h", "power", "power_low", "power_high",
-               "false_alarm_rate",
-               "false_alarm_low", "false_alarm_high"]
+SENSITIVITY = ["configuration", "arch", "dataset", "layer", "k", "arl0", "calibration", "h", "in_horizon_false_alarm",
+               "power", "power_low", "power_high", "false_alarm_rate", "false_alarm_low", "false_alarm_high"]
 
 
 def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -343,7 +342,9 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 <h2>Pooled</h2><ul>
 <li>Power over noisy runs: {proportion(s['power'])}</li>
 <li>False-alarm rate over clean runs (leave-one-out): {proportion(s['false_alarm'])}</li>
-<li>Theoretical false-alarm rate 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f}</li>
+<li>False-alarm probability within a run the calibration promises, P(RL &le; T) ({html.escape(', '.join(s['calibration_methods']))}):
+{s['in_horizon_false_alarm']:.3f}, {'inside' if s['in_horizon_within_wilson'] else 'outside'} the pooled rate's Wilson interval
+(the approximation 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f})</li>
 <li>False alarms within the first five snapshots: {s['early_false_alarms']}</li></ul>
 <h3>Lag-1 autocorrelation of z under H0 (95% interval)</h3><ul>{autocorr}</ul>
 <h2>Table 1</h2><table><tr>{head}</tr>{body}</table>

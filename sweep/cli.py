@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from sweep.options import UsageError, boolean, number, number_list, parse, text
+from sweep.options import UsageError, boolean, choice, number, number_list, parse, text
 
 # name -> one-line help, shown by ``sweep --help`` and ``sweep NAME --help``
 SUBCOMMANDS = {
@@ -26,7 +26,8 @@ SUBCOMMANDS = {
     "export": ("committed snapshot rows as one long-format Parquet file: "
                "sweep export store=PATH out=FILE.parquet [quantity=trace|all] [sweep=ID|all]"),
     "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
-                "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0]"),
+                "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0] "
+                "[calibration=auto|iid|ar1]"),
     "forget": "drop a sweep and the runs only it holds: sweep forget store=PATH sweep=ID",
     "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
     "run-one": ("train one run in this process into a store: sweep run-one [--config-dir DIR] store=DIR "
@@ -205,7 +206,7 @@ ANALYSIS_OPTIONS = {
     "layer": text, "quantity": text, "k": number(above=0), "arl0": number(above=1),
     "window": number_list(length=2, ascending=True), "bootstrap": number(at_least=100, integer=True),
     "seed": number(at_least=0, integer=True), "sensitivity_k": number_list(above=0),
-    "sensitivity_arl0": number_list(above=1),
+    "sensitivity_arl0": number_list(above=1), "calibration": choice("auto", "iid", "ar1"),
 }
 
 
@@ -231,6 +232,7 @@ def analyze(words: list[str]) -> int:
         trajectories, layer=str(settings["layer"]), k=float(settings["k"]), arl0=float(settings["arl0"]),
         window=tuple(settings["window"]), ks=tuple(settings["sensitivity_k"]),
         arl0s=tuple(settings["sensitivity_arl0"]), resamples=int(settings["bootstrap"]), seed=int(settings["seed"]),
+        calibration=str(settings["calibration"]),
     )
     page = report.write(results, out)
     s = results.summary
@@ -241,8 +243,10 @@ def analyze(words: list[str]) -> int:
         p = s[name]
         print(f"{name.replace('_', '-')}: {p['count']}/{p['n']} = {p['rate']:.3f} "
               f"(Wilson 95% {p['wilson_low']:.3f}-{p['wilson_high']:.3f})")
-    print(f"theoretical false-alarm rate 1 - exp(-{s['snapshots_per_run']}/{s['arl0']:g}) = "
-          f"{s['theoretical_false_alarm']:.3f}")
+    print(f"promised false-alarm probability within a run, P(RL <= {s['snapshots_per_run']}) = "
+          f"{s['in_horizon_false_alarm']:.3f} ({', '.join(s['calibration_methods'])} calibration; "
+          f"{'inside' if s['in_horizon_within_wilson'] else 'outside'} the Wilson interval above; "
+          f"1 - exp(-T/ARL0) = {s['theoretical_false_alarm']:.3f})")
     for note in results.notes:
         print(f"note: {note}")
     print(f"report: {page}")

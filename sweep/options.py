@@ -38,6 +38,15 @@ def boolean(value: str) -> bool:
     return parsed
 
 
+def choice(*allowed: str) -> Callable:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise UsageError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def number(*, above: float | None = None, at_least: float | None = None, integer: bool = False) -> Callable:
     kind = "an integer" if integer else "a number"
     bound = f" > {above:g}" if above is not None else f" >= {at_least:g}" if at_least is not None else ""
