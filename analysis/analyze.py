@@ -24,7 +24,7 @@ from analysis.detection import (
     table_rows,
 )
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
-from analysis.intervals import cohens_d, wilson
+from analysis.intervals import INTERVALS, cohens_d, wilson
 from analysis.spectra import Density, densities, eigen_ensembles
 
 
@@ -54,7 +54,8 @@ def window_means(traj: Trajectories, configuration: str, window: tuple[float, fl
     return means, layers_of(traj, configuration)
 
 
-def effect_sizes(traj, configuration, arch, dataset, *, window, resamples, rng_seed) -> tuple[list[dict], list[str]]:
+def effect_sizes(traj, configuration, arch, dataset, *, window, resamples, rng_seed, interval="noncentral-t"
+                 ) -> tuple[list[dict], list[str]]:
     """Cohen's d (eq. 10) for every layer and noisy eta of one configuration."""
     means, layers = window_means(traj, configuration, window)
     if means.num_rows == 0:
@@ -75,7 +76,8 @@ def effect_sizes(traj, configuration, arch, dataset, *, window, resamples, rng_s
             notes.append(f"{configuration} eta={level}: {len(clean)} clean and {len(noisy)} noisy runs in the "
                          "window; Cohen's d needs 2 of each")
             continue
-        effect = cohens_d(clean, noisy, resamples=resamples, rng=np.random.default_rng([rng_seed, i]))
+        effect = cohens_d(clean, noisy, resamples=resamples, rng=np.random.default_rng([rng_seed, i]),
+                          interval=interval)
         for j, name in enumerate(layers):
             rows.append({"configuration": configuration, "arch": arch, "dataset": dataset,
                          "layer": name, "eta": float(level),
@@ -104,7 +106,7 @@ def analyze(
     traj: Trajectories, *, layer: str = "head", k: float = 0.5, arl0: float = 1000.0,
     window: tuple[float, float] = (10, 20), ks: tuple[float, ...] = (0.25, 0.5, 1.0),
     arl0s: tuple[float, ...] = (500, 1000, 2000), resamples: int = 10_000, seed: int = 0,
-    calibration: str = "auto",
+    calibration: str = "auto", interval: str = "noncentral-t",
 ) -> Results:
     """Table 1, pooled power and false-alarm rate, Cohen's d and the sensitivity table; h
     by ``calibration`` (``analysis.calibration``: auto, iid or ar1)."""
@@ -114,20 +116,23 @@ def analyze(
         check_method(calibration)
     except ValueError as err:
         raise AnalysisError(str(err)) from None
+    if interval not in INTERVALS:
+        raise AnalysisError(f"interval={interval!r} is not one of {', '.join(INTERVALS)}")
     # The chain's solves are small: BLAS threads only fight each other (and any other
     # process) over them; one thread was 30 times faster on a busy 2-core machine.
     with threadpool_limits(limits=1, user_api="blas"):
         return _analyze(traj, layer=layer, k=k, arl0=arl0, window=window, ks=ks, arl0s=arl0s, resamples=resamples,
-                        seed=seed, calibration=calibration)
+                        seed=seed, calibration=calibration, interval=interval)
 
 
-def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples, seed, calibration) -> Results:
+def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples, seed, calibration,
+             interval) -> Results:
     if len(window) != 2 or window[0] > window[1]:
         raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
     notes = list(traj.notes)
     table1, cohens, sensitivity, detections, eigen, spectra, coupled, shares, ranks = [], [], [], [], [], [], [], [], []
-    summary = {"configurations": {}, "calibration": calibration, "k": k, "arl0": arl0, "layer": layer,
-               "quantity": traj.quantity, "quantity_name": traj.quantity_name}
+    summary = {"configurations": {}, "calibration": calibration, "d_interval": interval, "k": k, "arl0": arl0,
+               "layer": layer, "quantity": traj.quantity, "quantity_name": traj.quantity_name}
     chosen = configurations(traj)  # one pass over the table's rows
     for c, (configuration, arch, dataset) in enumerate(chosen):
         monitored = resolve_layers(traj, configuration, arch, layer)
@@ -175,7 +180,7 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
         ranks += stable_ranks(traj, configuration)
         detections += config_detections
         rows, more = effect_sizes(traj, configuration, arch, dataset, window=window, resamples=resamples,
-                                  rng_seed=seed * 1000 + c)
+                                  rng_seed=seed * 1000 + c, interval=interval)
         cohens += rows
         notes += more
         head = config_detections[0]

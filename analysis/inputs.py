@@ -151,6 +151,13 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
                         quantity=quantity, **_extras(store, done))
 
 
+def of_runs(store, runs: pa.Table, quantity: str = "trace") -> Trajectories:
+    """The trajectories of the given runs of an open store (a table from ``Store.runs``)."""
+    table = store.snapshots(runs=runs, quantity=quantity)
+    heads = dict(zip(runs["configuration"].to_pylist(), runs["head_layer"].to_pylist()))
+    return Trajectories(_check(table, f"the store {store.uri}", quantity), heads, store.uri, quantity=quantity)
+
+
 def _extras(store, done: pa.Table) -> dict[str, pa.Table]:
     """The optional quantities of the runs that logged them: lambda_max and lambda_min rows,
     spectral densities, the Gauss-Newton split and the pair table (each read only then: another pass

@@ -1,12 +1,14 @@
-"""Effect sizes and intervals: Wilson score intervals, Cohen's d with a bootstrap
-interval, and the lag-1 autocorrelation of the in-control z process."""
+"""Effect sizes and intervals: Wilson score intervals, Cohen's d with its interval
+(noncentral t by default; BCa or percentile bootstrap), and the lag-1 autocorrelation of
+the in-control z process."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,25 @@ def _d(clean: np.ndarray, noisy: np.ndarray, axis: int) -> np.ndarray:
         return (np.mean(clean, axis=axis) - np.mean(noisy, axis=axis)) / pooled
 
 
+INTERVALS = ("noncentral-t", "bca", "percentile")
+
+
 def cohens_d(
     clean: np.ndarray, noisy: np.ndarray, *, resamples: int = 10_000, confidence: float = 0.95,
-    rng: np.random.Generator,
+    rng: np.random.Generator, interval: str = "noncentral-t",
 ) -> EffectSize:
     """Cohen's d of eq. (10) between per-run values ``clean`` [n0, L] and ``noisy`` [n1, L]
-    (negative when the noisy value is larger, the paper's sign), with a percentile
-    bootstrap interval that resamples runs within each group, all columns at once.
+    (negative when the noisy value is larger, the paper's sign), all columns at once, with a
+    ``confidence`` interval by ``interval``:
+
+    - ``noncentral-t`` (the default): ``noncentral_t_interval``. In our coverage study
+      (docs/statistics.md; 1,000 data sets per cell) it covered 0.930-0.955 of the time on
+      normal groups of the sweeps' sizes (20/10, 10/5) for d from 0 to -5, where the
+      percentile bootstrap covered 0.748-0.928 and BCa 0.805-0.957; with unequal spreads all
+      fall short at large |d| (0.864 for it and BCa, 0.815 percentile);
+    - ``bca``: scipy.stats.bootstrap's BCa, ``resamples`` resamples of runs within each group;
+    - ``percentile``: the percentile bootstrap the analysis used before (ours, vectorised;
+      equal to scipy's ``method="percentile"`` in distribution).
 
     >>> e = cohens_d(np.array([[1.0], [2.0], [3.0]]), np.array([[3.0], [4.0], [5.0]]),
     ...              resamples=200, rng=np.random.default_rng(0))
@@ -80,13 +94,54 @@ def cohens_d(
     n0, n1 = len(clean), len(noisy)
     if n0 < 2 or n1 < 2:
         raise ValueError(f"Cohen's d needs at least 2 runs per group, got {n0} clean and {n1} noisy")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval={interval!r} is not one of {', '.join(INTERVALS)}")
     d = _d(clean, noisy, axis=0)
-    # [resamples, n, L] by fancy indexing: one vectorised pass for every resample and column
-    boot = _d(clean[rng.integers(0, n0, (resamples, n0))], noisy[rng.integers(0, n1, (resamples, n1))], axis=1)
-    tail = 100 * (1 - confidence) / 2
-    with np.errstate(invalid="ignore"):
-        low, high = np.nanpercentile(boot, [tail, 100 - tail], axis=0)
+    if interval == "noncentral-t":
+        low, high = noncentral_t_interval(d, n0, n1, confidence=confidence)
+    elif interval == "bca":
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a column without spread: its interval is NaN, said in the table
+            ci = stats.bootstrap((clean, noisy), _d, n_resamples=resamples, confidence_level=confidence,
+                                 method="BCa", axis=0, vectorized=True, random_state=rng).confidence_interval
+        low, high = np.asarray(ci.low), np.asarray(ci.high)
+    else:
+        # [resamples, n, L] by fancy indexing: one vectorised pass for every resample and column
+        boot = _d(clean[rng.integers(0, n0, (resamples, n0))], noisy[rng.integers(0, n1, (resamples, n1))], axis=1)
+        tail = 100 * (1 - confidence) / 2
+        with np.errstate(invalid="ignore"):
+            low, high = np.nanpercentile(boot, [tail, 100 - tail], axis=0)
     return EffectSize(d, low, high, n0, n1)
+
+
+def noncentral_t_interval(d: np.ndarray, n0: int, n1: int, *, confidence: float = 0.95
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """The interval for d from the noncentral t distribution (Hedges and Olkin 1985, ch. 5;
+    Steiger and Fouladi 1997): t = d / sqrt(1/n0 + 1/n1) has the noncentral t distribution
+    with n0 + n1 - 2 degrees of freedom and noncentrality delta / sqrt(1/n0 + 1/n1); the
+    noncentralities at which t sits at the upper and lower alpha/2 points bound delta. Exact
+    for normal groups of equal variance with the sizes-weighted pooled sd; for eq. (10)'s
+    unweighted pooling it is an approximation when n0 != n1 (its coverage: docs/statistics.md).
+
+    >>> low, high = noncentral_t_interval(np.array([0.0]), 20, 10)
+    >>> round(float(low[0]), 3), round(float(high[0]), 3)
+    (-0.759, 0.759)
+    """
+    scale = np.sqrt(1 / n0 + 1 / n1)
+    df = n0 + n1 - 2
+    tail = (1 - confidence) / 2
+    low, high = np.full(np.shape(d), np.nan), np.full(np.shape(d), np.nan)
+    for index, value in np.ndenumerate(np.asarray(d, dtype=np.float64)):
+        if not np.isfinite(value):
+            continue
+        t = value / scale
+        reach = 2 + 5 * np.sqrt(1 + t * t / (2 * df))  # 5 sd of t around the noncentrality: a bracket
+
+        def point(target, t=t):
+            return optimize.brentq(lambda ncp: stats.nct.cdf(t, df, ncp) - target, t - reach, t + reach, xtol=1e-10)
+
+        low[index], high[index] = point(1 - tail) * scale, point(tail) * scale
+    return low, high
 
 
 @dataclass(frozen=True)

@@ -342,9 +342,10 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 <h2>Pooled</h2><ul>
 <li>Power over noisy runs: {proportion(s['power'])}</li>
 <li>False-alarm rate over clean runs (leave-one-out): {proportion(s['false_alarm'])}</li>
-<li>False-alarm probability within a run the calibration promises, P(RL &le; T) ({html.escape(', '.join(s['calibration_methods']))}):
-{s['in_horizon_false_alarm']:.3f}, {'inside' if s['in_horizon_within_wilson'] else 'outside'} the pooled rate's Wilson interval
-(the approximation 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f})</li>
+<li>False-alarm probability within a run the calibration promises, P(RL &le; T)
+({html.escape(', '.join(s['calibration_methods']))}): {s['in_horizon_false_alarm']:.3f},
+{'inside' if s['in_horizon_within_wilson'] else 'outside'} the pooled rate's Wilson interval (the approximation
+1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f})</li>
 <li>False alarms within the first five snapshots: {s['early_false_alarms']}</li></ul>
 <h3>Lag-1 autocorrelation of z under H0 (95% interval)</h3><ul>{autocorr}</ul>
 <h2>Table 1</h2><table><tr>{head}</tr>{body}</table>

@@ -11,11 +11,13 @@
     runs/<run_id>/spectra/aAAA-cCCCCCC.parquet    SPECTRA_SCHEMA rows (runs that log densities)
     runs/<run_id>/pairs/aAAA-cCCCCCC.parquet      PAIRS_SCHEMA rows (runs that log inter-layer blocks)
     runs/<run_id>/checkpoint.pt                 the run's last checkpoint (workers.checkpoint)
+    alarms/<run_id>-<key>.parquet               one row of ALARMS_SCHEMA: an alarm `sweep watch` raised
     damaged/<time>/<the path it had>            files set aside by a repair, never deleted
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 MARKER = "_store.json"
@@ -23,6 +25,7 @@ LOCK = "_launch.lock"
 MANIFESTS = "manifests"
 RUNS = "runs"
 DAMAGED = "damaged"
+ALARMS = "alarms"
 RECORD = "record.parquet"
 CHECKPOINT = "checkpoint.pt"
 _CHUNK = re.compile(r"^(snapshots|metrics|spectra|pairs)/a(\d{3,})-c(\d{6,})\.parquet$")
@@ -55,6 +58,17 @@ def chunk_attempt(name: str) -> int | None:
     """
     match = _CHUNK.match(name)
     return int(match.group(2)) if match else None
+
+
+def alarm(run_id: str, layer: str, quantity: str) -> str:
+    """The file of the alarm of one run, layer and quantity (the layer and quantity hashed:
+    any name is safe in a path).
+
+    >>> alarm("r1", "head", "trace")
+    'alarms/r1-59daa1c7f888.parquet'
+    """
+    key = hashlib.sha256(f"{layer}\0{quantity}".encode()).hexdigest()[:12]
+    return f"{ALARMS}/{check_run_id(run_id)}-{key}.parquet"
 
 
 def manifest(sweep_id: str) -> str:

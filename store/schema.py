@@ -125,6 +125,28 @@ PAIRS_SCHEMA = pa.schema(
     ],
     metadata=_META,
 )
+# An alarm `sweep watch` raised while a run trained: one file per (run, layer, quantity),
+# written once, outside the runs' folders (the watcher is not the run's writer).
+ALARMS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("configuration", pa.string()),
+        ("layer", pa.string()),
+        ("quantity", pa.string()),
+        ("step", pa.int64()),  # the snapshot at which the statistic first passed h
+        ("epoch", pa.float64()),
+        ("statistic", pa.float64()),  # max(S+, S-) there
+        ("side", pa.string()),  # up (S+: the quantity rose) or down (S-)
+        ("h", pa.float64()),
+        ("k", pa.float64()),
+        ("arl0", pa.float64()),
+        ("calibration", pa.string()),  # iid or ar1 (analysis.calibration)
+        ("clean_runs", pa.int32()),  # the Phase I ensemble's size
+        ("raised_at", TIME),
+    ],
+    metadata=_META,
+)
+
 KINDS = {"snapshots": SNAPSHOTS_SCHEMA, "metrics": METRICS_SCHEMA, "spectra": SPECTRA_SCHEMA, "pairs": PAIRS_SCHEMA}
 
 # What the reader adds to every snapshot or metric row: the run's identity, from its record.

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 
 from store import layout
 from store.files import DamagedFile, Files, StoreError, parquet_bytes, read_parquet, sha256
-from store.schema import IDENTITY, JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
+from store.schema import ALARMS_SCHEMA, IDENTITY, JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
 from store.schema import record as new_record
 
 
@@ -313,6 +313,27 @@ class Store:
 
     def delete_manifest(self, sweep_id: str) -> None:
         self.files.delete(self.manifest_path(sweep_id))
+
+    # -- alarms raised while runs train (sweep watch) ------------------------------------
+    def write_alarm(self, row: dict) -> None:
+        """Record one alarm (ALARMS_SCHEMA), atomically; the same run, layer and quantity
+        again replaces it."""
+        table = pa.Table.from_pylist([{**row, "raised_at": row.get("raised_at") or now()}], schema=ALARMS_SCHEMA)
+        self.files.write(self.files.path(layout.alarm(row["run_id"], row["layer"], row["quantity"])),
+                         parquet_bytes(table))
+
+    def read_alarms(self) -> tuple[pa.Table, list[DamagedFile]]:
+        """Every readable alarm, and the alarm files that are not."""
+        tables, damaged = [], []
+        for entry in self.files.list(self.files.path(layout.ALARMS)):
+            if not entry.path.endswith(".parquet"):
+                continue
+            try:
+                tables.append(read_parquet(self.files.read(entry.path) or b"", ALARMS_SCHEMA,
+                                           shown=self.shown(entry.path)))
+            except DamagedFile as err:
+                damaged.append(DamagedFile(err.path, err.problem, raw=entry.path))
+        return (pa.concat_tables(tables) if tables else ALARMS_SCHEMA.empty_table()), damaged
 
     # -- the launch lock file (its protocol: sweep/lock.py) -----------------------------
     @property

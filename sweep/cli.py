@@ -27,7 +27,10 @@ SUBCOMMANDS = {
                "sweep export store=PATH out=FILE.parquet [quantity=trace|all] [sweep=ID|all]"),
     "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
                 "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0] "
-                "[calibration=auto|iid|ar1]"),
+                "[calibration=auto|iid|ar1] [interval=noncentral-t|bca|percentile]"),
+    "watch": ("alarms while a sweep trains: calibrate on each configuration's done clean runs, then follow the others "
+              "as they commit: sweep watch store=PATH [sweep=ID] [layer=head|NAME] [quantity=trace] [k=0.5] "
+              "[arl0=1000] [calibration=auto|iid|ar1] [min_clean=N] [interval=5] [timeout=SECONDS] [once=true]"),
     "forget": "drop a sweep and the runs only it holds: sweep forget store=PATH sweep=ID",
     "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
     "run-one": ("train one run in this process into a store: sweep run-one [--config-dir DIR] store=DIR "
@@ -207,6 +210,7 @@ ANALYSIS_OPTIONS = {
     "window": number_list(length=2, ascending=True), "bootstrap": number(at_least=100, integer=True),
     "seed": number(at_least=0, integer=True), "sensitivity_k": number_list(above=0),
     "sensitivity_arl0": number_list(above=1), "calibration": choice("auto", "iid", "ar1"),
+    "interval": choice("noncentral-t", "bca", "percentile"),
 }
 
 
@@ -232,7 +236,7 @@ def analyze(words: list[str]) -> int:
         trajectories, layer=str(settings["layer"]), k=float(settings["k"]), arl0=float(settings["arl0"]),
         window=tuple(settings["window"]), ks=tuple(settings["sensitivity_k"]),
         arl0s=tuple(settings["sensitivity_arl0"]), resamples=int(settings["bootstrap"]), seed=int(settings["seed"]),
-        calibration=str(settings["calibration"]),
+        calibration=str(settings["calibration"]), interval=str(settings["interval"]),
     )
     page = report.write(results, out)
     s = results.summary
@@ -326,9 +330,26 @@ def data(words: list[str]) -> int:
     return 0
 
 
+def watch(words: list[str]) -> int:
+    from sweep.watch import watch as run_watch
+
+    options = parse("watch", words, {"store": _store_name, "sweep": text, "layer": text, "quantity": text,
+                                     "k": number(above=0), "arl0": number(above=1),
+                                     "calibration": choice("auto", "iid", "ar1"),
+                                     "min_clean": number(at_least=3, integer=True), "interval": number(above=0),
+                                     "timeout": number(above=0), "once": boolean,
+                                     "seed": number(at_least=0, integer=True)},
+                    required=("store",))
+    return run_watch(_open(options["store"]), sweep=options.get("sweep"), layer=options.get("layer", "head"),
+                     quantity=options.get("quantity", "trace"), k=float(options.get("k", 0.5)),
+                     arl0=float(options.get("arl0", 1000)), calibration=options.get("calibration", "auto"),
+                     min_clean=options.get("min_clean"), interval=float(options.get("interval", 5.0)),
+                     timeout=options.get("timeout"), once=options.get("once", False), seed=options.get("seed", 0))
+
+
 COMMANDS = {"launch": launch, "resume": resume, "status": status, "check": check, "export": export,
-            "analyze": analyze, "forget": forget, "store": store_command, "run-one": run_one, "curvature": curvature,
-            "data": data}
+            "analyze": analyze, "watch": watch, "forget": forget, "store": store_command, "run-one": run_one,
+            "curvature": curvature, "data": data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,8 @@ def test_eigenvalues_and_densities_reach_the_report_and_the_cusum_runs_on_lambda
 
 def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
     smoke_store(tmp_path / "s", "monitor.gauss_newton.every=11", "monitor.interlayer.every=11",
-                "monitor.interlayer.operators=[hessian,ggn,tensor]", "monitor.eigen.every=11", "monitor.eigen.layers=all")
+                "monitor.interlayer.operators=[hessian,ggn,tensor]", "monitor.eigen.every=11",
+                "monitor.eigen.layers=all")
     out = tmp_path / "out"
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
