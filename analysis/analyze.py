@@ -43,6 +43,7 @@ class Results:
     couplings: list[Coupling] = field(default_factory=list)  # early/middle/late coupling matrices, when logged
     tensor_shares: list[LayerMap] = field(default_factory=list)  # per layer over training, when logged
     stable_ranks: list[LayerMap] = field(default_factory=list)  # per layer, where pairs and eigenvalues meet
+    alarms: list[dict] = field(default_factory=list)  # raised by `sweep watch` while the runs trained
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -224,5 +225,7 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
                            "couplings": sorted({f"{c.configuration} {c.operator} step {c.step}" for c in coupled}),
                            "tensor_shares": sorted({t.configuration for t in shares}),
                            "stable_ranks": sorted({t.configuration for t in ranks})}
+    alarms = [] if traj.alarms is None else traj.alarms.sort_by("raised_at").to_pylist()
+    summary["online_alarms"] = len(alarms)
     return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels, eigen, spectra, coupled,
-                   shares, ranks)
+                   shares, ranks, alarms)

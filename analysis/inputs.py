@@ -47,6 +47,7 @@ class Trajectories:
     spectra: pa.Table | None = None  # their spectral-density rows (store.schema.SPECTRA_SCHEMA + identity)
     split: pa.Table | None = None  # their Gauss-Newton split rows (quantities split_*), when logged
     pairs: pa.Table | None = None  # their inter-layer block rows (store.schema.PAIRS_SCHEMA + identity)
+    alarms: pa.Table | None = None  # alarms `sweep watch` raised for the sweep's runs (store.schema.ALARMS_SCHEMA)
 
     @property
     def quantity_name(self) -> str:
@@ -148,7 +149,15 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
     return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done),
-                        quantity=quantity, **_extras(store, done))
+                        quantity=quantity, alarms=_alarms(store, chosen.run_ids), **_extras(store, done))
+
+
+def _alarms(store, run_ids: list[str]) -> pa.Table | None:
+    """The alarms raised for these runs while they trained (damaged alarm files skipped:
+    `sweep watch` writes them again)."""
+    alarms, _ = store.read_alarms()
+    alarms = alarms.filter(pc.is_in(alarms["run_id"], pa.array(run_ids, pa.string())))
+    return alarms if alarms.num_rows else None
 
 
 def of_runs(store, runs: pa.Table, quantity: str = "trace") -> Trajectories:

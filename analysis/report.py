@@ -348,11 +348,25 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f})</li>
 <li>False alarms within the first five snapshots: {s['early_false_alarms']}</li></ul>
 <h3>Lag-1 autocorrelation of z under H0 (95% interval)</h3><ul>{autocorr}</ul>
-<h2>Table 1</h2><table><tr>{head}</tr>{body}</table>
+{_alarms_html(results.alarms)}<h2>Table 1</h2><table><tr>{head}</tr>{body}</table>
 <h2>Figures</h2>{images}
 <h2>Calibration</h2><p>{html.escape(s['calibration_method'])}</p>
 <h2>Notes</h2><ul>{notes}</ul></body></html>
 """
+
+
+ALARMS = ["run_id", "layer", "quantity", "step", "epoch", "statistic", "side", "h", "calibration", "clean_runs"]
+
+
+def _alarms_html(alarms: list[dict]) -> str:
+    """The alarms `sweep watch` raised while the runs trained, when there are any."""
+    if not alarms:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ALARMS)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(a[c])}</td>" for c in ALARMS) + "</tr>" for a in alarms)
+    return (f"<h2>Alarms raised while the runs trained (<code>sweep watch</code>)</h2>"
+            f"<p>{len(alarms)} alarms, each from the clean runs done at the time (clean_runs of them).</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
 
 
 def _columns(columns: list[str], axes: list[str]) -> list[str]:

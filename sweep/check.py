@@ -24,6 +24,8 @@ def check(store: Store, *, repair: bool = False, out=None) -> int:
     problems: list[str] = []
     manifests, damaged_manifests = store.read_manifests()
     problems += [str(d) for d in damaged_manifests]
+    _, damaged_alarms = store.read_alarms()
+    problems += [f"{d} (`sweep watch` writes it again)" for d in damaged_alarms]
     try:
         store.read_lock()
     except DamagedFile as err:
@@ -55,6 +57,9 @@ def check(store: Store, *, repair: bool = False, out=None) -> int:
             from sweep.config import compose_config
 
             cluster = compose_config([])["cluster"]
+        if damaged_alarms:
+            for line in store.set_aside([d.raw for d in damaged_alarms], "unreadable alarm"):
+                print(f"repaired: {line}", file=out)
         for d in damaged_manifests:
             runs = rewrite_manifest(store, d, cluster)
             print(f"repaired: {d.path} set aside and written again with the {len(runs)} runs its records name",

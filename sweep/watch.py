@@ -39,6 +39,7 @@ def watch(store: Store, *, sweep: str | None = None, layer: str = "head", quanti
     print(f"watching sweep {chosen.label} of {store.uri}: {len(chosen.run_ids)} runs, layer {layer}, "
           f"quantity {quantity}, k = {k:g}, ARL0 = {arl0:g} (Ctrl-C stops)", file=out, flush=True)
     while True:
+        chosen = select(store, sweep)  # runs registered since the last look are followed too
         runs, _ = store.read_runs(chosen.run_ids)
         for configuration in sorted(set(runs["configuration"].to_pylist())):
             of = runs.filter(pc.equal(runs["configuration"], configuration))
