@@ -23,13 +23,14 @@ today's ``iid`` calibration on independent z. Which method produced h is recorde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import numpy as np
 from scipy import special
 
-from analysis.cusum import Calibration, CalibrationError, calibrate_chain, tabulated_ecdf
+from analysis.cusum import Calibration, CalibrationError, calibrate_chain, interpolated, tabulated_ecdf
 from analysis.intervals import Autocorrelation, lag1_autocorrelation
 
 METHODS = ("auto", "iid", "ar1")
@@ -63,18 +64,11 @@ class Phase1:
         self.n_values = len(values)
         self.horizon = self.z.shape[1]
         self.grid, self.table = tabulated_ecdf(values)
+        self.upper, self.lower = interpolated(self.grid, self.table)  # F(t) = P(z <= t), and P(-z <= t)
         self.seed, self.simulations = seed, simulations
         self.dependence: Autocorrelation = lag1_autocorrelation(self.normal_scores(self.z))
         self._z_simulated: np.ndarray | None = None
         self._maxima: dict[float, np.ndarray] = {}
-
-    def upper(self, t):
-        """F(t) = P(z <= t)."""
-        return np.interp(t, self.grid, self.table, left=0.0, right=1.0)
-
-    def lower(self, t):
-        """P(-z <= t)."""
-        return 1.0 - np.interp(-np.asarray(t), self.grid, self.table, left=0.0, right=1.0)
 
     def normal_scores(self, z: np.ndarray) -> np.ndarray:
         """Phi^-1(F(z)), NaN kept."""
@@ -96,7 +90,7 @@ class Phase1:
                               horizon=self.horizon)
         rho = float(self.dependence.rho1)
         if chosen == "iid" or iid.h == 0.0:  # h = 0: no in-control excess at all, dependence or not
-            return Calibration(**{**iid.__dict__, "rho": rho})
+            return dataclasses.replace(iid, rho=rho)
         maxima = self._simulated_maxima(k)
         h = float(np.quantile(maxima, 1.0 - iid.in_horizon))
         text = AR1_METHOD.format(n=self.simulations, T=self.horizon, rho=rho, p=iid.in_horizon, arl0=arl0)

@@ -151,7 +151,11 @@ def smoothed_ecdf(values: np.ndarray, *, grid: int = 4001) -> tuple[Callable, Ca
     """Distribution functions of z and of -z: the empirical distribution of ``values``
     convolved with a Gaussian kernel of Silverman's bandwidth 0.9 min(sd, IQR/1.34) n^-1/5,
     tabulated once on a fine grid and interpolated (0 and 1 beyond it)."""
-    x, table = tabulated_ecdf(values, grid=grid)
+    return interpolated(*tabulated_ecdf(values, grid=grid))
+
+
+def interpolated(x: np.ndarray, table: np.ndarray) -> tuple[Callable, Callable]:
+    """The distribution functions of z and of -z from F tabulated on the grid ``x``."""
 
     def cdf(t):
         return np.interp(t, x, table, left=0.0, right=1.0)

@@ -27,8 +27,8 @@ def test_help_lists_every_subcommand_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert name in out.stdout
-    assert set(SUBCOMMANDS) == {"launch", "resume", "status", "check", "export", "analyze", "forget", "store",
-                                "run-one", "curvature", "data"}
+    assert set(SUBCOMMANDS) == {"launch", "resume", "status", "check", "export", "analyze", "watch", "forget",
+                                "store", "run-one", "curvature", "data"}
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
