@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from analysis.blocks import Coupling, LayerMap, couplings, stable_ranks, tensor_shares
-from analysis.calibration import AR1_SUMMARY, check_method
+from analysis.calibration import SERIAL_SUMMARY, check_method
 from analysis.cusum import METHOD, CalibrationError
 from analysis.detection import (
     MIN_CLEAN,
@@ -110,7 +110,7 @@ def analyze(
     calibration: str = "auto", interval: str = "noncentral-t",
 ) -> Results:
     """Table 1, pooled power and false-alarm rate, Cohen's d and the sensitivity table; h
-    by ``calibration`` (``analysis.calibration``: auto, iid or ar1)."""
+    by ``calibration`` (``analysis.calibration``: auto, iid or serial)."""
     if not k > 0 or not arl0 > 1:
         raise AnalysisError(f"k={k} must be > 0 and arl0={arl0} > 1")
     try:
@@ -189,7 +189,8 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
             "arch": arch, "dataset": dataset,
             "h": head.calibration.h, "calibration": head.calibration.name,
             "calibration_detail": head.calibration.method, "in_horizon_false_alarm": head.calibration.in_horizon,
-            "normal_scores_rho1": head.calibration.rho, "lag1_autocorrelation": autocorrelation(head),
+            "normal_scores_rho1": head.calibration.rho, "run_level_share": head.calibration.level,
+            "lag1_autocorrelation": autocorrelation(head),
             "early_false_alarms": early_false_alarms(head), "snapshots_per_run": len(head.ensemble.steps),
         }
     if not detections:
@@ -205,7 +206,8 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
         "in_horizon_false_alarm": promised,  # P(RL <= T) the calibration promises, pooled over the clean runs
         "in_horizon_within_wilson": bool(false_alarm["wilson_low"] <= promised <= false_alarm["wilson_high"]),
         "calibration_methods": methods,
-        "calibration_method": " ".join(({"iid": "iid: " + METHOD, "ar1": "ar1: " + AR1_SUMMARY})[m] for m in methods),
+        "calibration_method": " ".join({"iid": "iid: " + METHOD, "serial": "serial: " + SERIAL_SUMMARY}[m]
+                                       for m in methods),
         "early_false_alarms": sum(early_false_alarms(d) for d in detections),
         "lag1_autocorrelation": {key: v["lag1_autocorrelation"] for key, v in summary["configurations"].items()},
         "notes": notes,

@@ -130,8 +130,8 @@ def in_horizon_probability(cdf_upper, cdf_lower, *, k: float, h: float, horizon:
     the mass left in the transient states is P(RL > T) of that side), the two sides
     combined as independent, 1 - (1 - p+)(1 - p-) (the same assumption as Lucas-Crosier's
     1/ARL = 1/ARL+ + 1/ARL-). Against 200,000 direct simulations of N(0, 1) z it is within
-    1.4% relative (0.092 against 0.093 at k = 0.25, 0.104 against 0.105 at k = 0.5, T = 117,
-    ARL0 = 1000: ``docs/statistics.md``); 1 - exp(-T/ARL0) says 0.110 for both."""
+    2% relative (0.1042 against 0.1061 at k = 0.5, T = 117, ARL0 = 1000; 0.0254 against
+    0.0248 at T = 33: ``docs/statistics.md``), where 1 - exp(-T/ARL0) says 0.110 and 0.032."""
     survive = 1.0
     for cdf in (cdf_upper, cdf_lower):
         q = transition_matrix(cdf, k=k, h=h, states=states)
@@ -202,7 +202,7 @@ class CalibrationError(ValueError):
 @dataclass(frozen=True)
 class Calibration:
     """A threshold h for reference value k, the method that chose it, and what it promises:
-    ``arl0`` (the in-control ARL at h by the chain; for ``ar1`` the nominal target) and
+    ``arl0`` (the in-control ARL at h by the chain; for ``serial`` the nominal target) and
     ``in_horizon`` = P(RL <= horizon) in control, the false-alarm probability of one run of
     ``horizon`` snapshots."""
 
@@ -211,10 +211,11 @@ class Calibration:
     k: float
     n_values: int  # in-control z values the distribution came from
     method: str  # how h was chosen, in words
-    name: str = "iid"  # iid (the chain on independent z) or ar1 (serial dependence; analysis.calibration)
+    name: str = "iid"  # iid (the chain on independent z) or serial (serial dependence; analysis.calibration)
     horizon: int = 0
     in_horizon: float = math.nan
     rho: float = math.nan  # the lag-1 autocorrelation of the in-control z's normal scores, when estimated
+    level: float = math.nan  # serial: the share of their variance that is a level each run keeps
 
 
 METHOD = (

@@ -140,7 +140,7 @@ ALARMS_SCHEMA = pa.schema(
         ("h", pa.float64()),
         ("k", pa.float64()),
         ("arl0", pa.float64()),
-        ("calibration", pa.string()),  # iid or ar1 (analysis.calibration)
+        ("calibration", pa.string()),  # iid or serial (analysis.calibration)
         ("clean_runs", pa.int32()),  # the Phase I ensemble's size
         ("raised_at", TIME),
     ],

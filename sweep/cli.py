@@ -27,10 +27,10 @@ SUBCOMMANDS = {
                "sweep export store=PATH out=FILE.parquet [quantity=trace|all] [sweep=ID|all]"),
     "analyze": ("CUSUM calibration, effect sizes and the report: sweep analyze store=PATH|trajectories=FILE out=DIR "
                 "[sweep=ID|all] [layer=head|all|NAME] [quantity=trace] [k=0.5] [arl0=1000] [window=[10,20]] [seed=0] "
-                "[calibration=auto|iid|ar1] [interval=noncentral-t|bca|percentile]"),
+                "[calibration=auto|iid|serial] [interval=noncentral-t|bca|percentile]"),
     "watch": ("alarms while a sweep trains: calibrate on each configuration's done clean runs, then follow the others "
               "as they commit: sweep watch store=PATH [sweep=ID] [layer=head|NAME] [quantity=trace] [k=0.5] "
-              "[arl0=1000] [calibration=auto|iid|ar1] [min_clean=N] [interval=5] [timeout=SECONDS] [once=true]"),
+              "[arl0=1000] [calibration=auto|iid|serial] [min_clean=N] [interval=5] [timeout=SECONDS] [once=true]"),
     "forget": "drop a sweep and the runs only it holds: sweep forget store=PATH sweep=ID",
     "store": "store maintenance: sweep store migrate store=PATH (rewrite a schema-1 store as schema 2)",
     "run-one": ("train one run in this process into a store: sweep run-one [--config-dir DIR] store=DIR "
@@ -209,7 +209,7 @@ ANALYSIS_OPTIONS = {
     "layer": text, "quantity": text, "k": number(above=0), "arl0": number(above=1),
     "window": number_list(length=2, ascending=True), "bootstrap": number(at_least=100, integer=True),
     "seed": number(at_least=0, integer=True), "sensitivity_k": number_list(above=0),
-    "sensitivity_arl0": number_list(above=1), "calibration": choice("auto", "iid", "ar1"),
+    "sensitivity_arl0": number_list(above=1), "calibration": choice("auto", "iid", "serial"),
     "interval": choice("noncentral-t", "bca", "percentile"),
 }
 
@@ -335,7 +335,7 @@ def watch(words: list[str]) -> int:
 
     options = parse("watch", words, {"store": _store_name, "sweep": text, "layer": text, "quantity": text,
                                      "k": number(above=0), "arl0": number(above=1),
-                                     "calibration": choice("auto", "iid", "ar1"),
+                                     "calibration": choice("auto", "iid", "serial"),
                                      "min_clean": number(at_least=3, integer=True), "interval": number(above=0),
                                      "timeout": number(above=0), "once": boolean,
                                      "seed": number(at_least=0, integer=True)},

@@ -19,15 +19,19 @@ from analysis.cusum import (
 from analysis.intervals import wilson
 
 
-def ar1_runs(rng, runs: int, steps: int, rho: float, *, tails: float | None = None) -> np.ndarray:
+def ar1_runs(rng, runs: int, steps: int, rho: float, *, tails: float | None = None, level: float = 0.0
+             ) -> np.ndarray:
     """[runs, steps] stationary AR(1) with unit variance (t-distributed innovations, scaled to
-    unit variance, when ``tails`` gives their degrees of freedom)."""
+    unit variance, when ``tails`` gives their degrees of freedom), of which a share ``level``
+    is replaced by a level each run keeps throughout."""
     draw = (rng.standard_t(tails, (runs, steps)) / np.sqrt(tails / (tails - 2)) if tails
             else rng.standard_normal((runs, steps)))
     x = np.empty((runs, steps))
     x[:, 0] = draw[:, 0]
     for t in range(1, steps):
         x[:, t] = rho * x[:, t - 1] + np.sqrt(1 - rho**2) * draw[:, t]
+    if level:
+        x = np.sqrt(level) * rng.standard_normal((runs, 1)) + np.sqrt(1 - level) * x
     return x
 
 
@@ -39,32 +43,42 @@ def leave_one_out(runs: np.ndarray) -> np.ndarray:
     return (runs - mean) / np.sqrt(var)
 
 
-def realised(rho: float, method: str, *, ensembles: int, steps: int = 117, seed: int = 0) -> tuple:
+def realised(rho: float, method: str, *, ensembles: int, steps: int = 117, seed: int = 0, level: float = 0.0
+             ) -> tuple:
     """Pooled in-horizon false alarms of the clean runs (leave-one-out, as the analysis
     counts them) over ``ensembles`` synthetic configurations of 20 clean runs, and the mean
     promised P(RL <= T)."""
-    rng = np.random.default_rng([seed, int(rho * 100)])
+    rng = np.random.default_rng([seed, int(rho * 100), int(level * 100)])
     alarms, promised = 0, []
     for e in range(ensembles):
-        z = leave_one_out(10 + ar1_runs(rng, 20, steps, rho))
+        z = leave_one_out(10 + ar1_runs(rng, 20, steps, rho, level=level))
         calibration = Phase1(z, seed=e).calibrate(k=0.5, arl0=1000, method=method)
         alarms += int((cusum(z, k=0.5, h=calibration.h).first_alert >= 0).sum())
         promised.append(calibration.in_horizon)
     return wilson(alarms, 20 * ensembles), float(np.mean(promised))
 
 
-def test_under_serial_dependence_the_new_calibration_keeps_its_promise_and_the_chain_alone_does_not():
-    new, target = realised(0.3, "ar1", ensembles=60)
-    old, target_old = realised(0.3, "iid", ensembles=60)
+@pytest.mark.parametrize("level, steps", [(0.0, 117), (0.2, 33)], ids=["ar1", "run-level"])
+def test_under_serial_dependence_the_new_calibration_keeps_its_promise_and_the_chain_alone_does_not(level, steps):
+    new, target = realised(0.3, "auto", ensembles=60, level=level, steps=steps)
+    old, target_old = realised(0.3, "iid", ensembles=60, level=level, steps=steps)
     assert new.wilson_low <= target <= new.wilson_high, (new, target)
     assert old.wilson_low > target_old, (old, target_old)  # the chain's promise is broken, by far
     assert old.rate > 2 * target_old
 
 
 def test_on_independent_z_both_agree_with_the_chains_in_horizon_probability():
-    for method in ("ar1", "iid"):
+    for method in ("auto", "iid"):  # auto: the new default, which is the chain when nothing says otherwise
         got, target = realised(0.0, method, ensembles=60, seed=1)
         assert got.wilson_low <= target <= got.wilson_high, (method, got, target)
+
+
+def test_the_level_and_the_ar1_are_told_apart():
+    rng = np.random.default_rng(4)
+    ar1 = Phase1(leave_one_out(ar1_runs(rng, 20, 117, 0.4)))
+    leveled = Phase1(leave_one_out(ar1_runs(rng, 20, 117, 0.4, level=0.3)))
+    assert ar1.level < 0.05 and 0.3 < ar1.rho < 0.5
+    assert 0.15 < leveled.level < 0.45 and 0.2 < leveled.rho < 0.6
 
 
 def test_auto_is_the_chain_exactly_on_independent_z_and_the_simulation_on_dependent_z():
@@ -76,13 +90,13 @@ def test_auto_is_the_chain_exactly_on_independent_z_and_the_simulation_on_depend
     # ... which is the chain on the pooled values, as before issue 15
     assert iid.h == pytest.approx(calibrate(independent.z.ravel(), k=0.5, arl0=1000).h, rel=1e-9)
     dependent = Phase1(leave_one_out(ar1_runs(rng, 20, 117, 0.3)))
-    assert dependent.chosen("auto") == "ar1"
-    ar1 = dependent.calibrate(k=0.5, arl0=1000)
-    assert ar1.name == "ar1" and ar1.h > dependent.calibrate(k=0.5, arl0=1000, method="iid").h
-    assert 0.2 < ar1.rho < 0.4 and "AR(1)" in ar1.method
+    assert dependent.chosen("auto") == "serial"
+    serial = dependent.calibrate(k=0.5, arl0=1000)
+    assert serial.name == "serial" and serial.h > dependent.calibrate(k=0.5, arl0=1000, method="iid").h
+    assert 0.2 < serial.rho < 0.4 and "AR(1)" in serial.method
     again = Phase1(dependent.z).calibrate(k=0.5, arl0=1000)  # common random numbers: deterministic
-    assert again.h == ar1.h
-    with pytest.raises(ValueError, match="calibration='gaussian' is not one of auto, iid, ar1"):
+    assert again.h == serial.h
+    with pytest.raises(ValueError, match="calibration='gaussian' is not one of auto, iid, serial"):
         dependent.calibrate(k=0.5, arl0=1000, method="gaussian")
 
 
@@ -98,8 +112,8 @@ def test_the_chains_in_horizon_probability_matches_a_direct_simulation(k, horizo
     z = np.random.default_rng(1).standard_normal((streams, horizon))
     simulated = (cusum(z, k=k, h=h).first_alert >= 0).mean()
     se = np.sqrt(simulated * (1 - simulated) / streams)
-    # the two sides are combined as independent: measured within 1.4% of the simulation
-    assert abs(chain - simulated) < 4 * se + 0.015 * simulated, (chain, simulated, se)
+    # the two sides are combined as independent: measured within 2% of the simulation
+    assert abs(chain - simulated) < 4 * se + 0.02 * simulated, (chain, simulated, se)
     assert abs(1 - np.exp(-horizon / 1000) - simulated) > 4 * se  # the approximation is not this close
 
 

@@ -92,8 +92,8 @@ def main(argv: list[str]) -> int:
                         continue
                     show(f"{name}, layer={layer}", measure(tree, path, layer))
                     if tree == ROOT:
-                        show(f"{name}, layer={layer}, calibration=ar1 everywhere",
-                             measure(tree, path, layer, calibration="ar1"))
+                        show(f"{name}, layer={layer}, calibration=serial everywhere",
+                             measure(tree, path, layer, calibration="serial"))
         finally:
             if baseline:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],

@@ -1,6 +1,6 @@
 """The simulation study behind ``analysis.calibration`` (docs/statistics.md): realised
 in-horizon false-alarm rate and power of the chain's h (``iid``, the paper's) and of the
-dependence-aware h (``ar1``), on synthetic configurations shaped like the sweeps'.
+dependence-aware h (``serial``), on synthetic configurations shaped like the sweeps'.
 
 Each configuration: 20 clean runs and 10 noisy runs of T snapshots, every run a stationary
 AR(1) (Gaussian, or t_3 innovations scaled to unit variance) around a common trend; the
@@ -9,6 +9,8 @@ standardised leave-one-out and noisy runs against all 20, as ``sweep analyze`` d
 calibrated on the clean z (k = 0.5, ARL0 = 1000), both methods on the same data. Pooled over
 the configurations: the clean runs that alarm within T (the false-alarm rate, to compare
 with the promised P(RL <= T)) and the noisy runs that alarm (power), with Wilson intervals.
+Three methods on the same data: the chain (``iid``), the serial model without its run level
+(an AR(1) with the lag-1 autocorrelation: this issue's first version), and ``serial``.
 
     python -m tests.benchmarks.study_calibration [configurations per cell, default 150]
 """
@@ -26,25 +28,31 @@ from analysis.intervals import wilson
 from tests.analysis.test_calibration import ar1_runs, leave_one_out
 
 SHIFT = 1.0
-PROCESSES = [("AR(1) rho = 0", 0.0, None), ("AR(1) rho = 0.1", 0.1, None), ("AR(1) rho = 0.2", 0.2, None),
-             ("AR(1) rho = 0.3", 0.3, None), ("t_3 innovations, rho = 0", 0.0, 3.0),
-             ("t_3 innovations, rho = 0.3", 0.3, 3.0)]
+# (name, rho, t degrees of freedom or None, share of the variance that is a per-run level)
+PROCESSES = [("AR(1) rho = 0", 0.0, None, 0.0), ("AR(1) rho = 0.1", 0.1, None, 0.0),
+             ("AR(1) rho = 0.2", 0.2, None, 0.0), ("AR(1) rho = 0.3", 0.3, None, 0.0),
+             ("t_3 innovations, rho = 0", 0.0, 3.0, 0.0), ("t_3 innovations, rho = 0.3", 0.3, 3.0, 0.0),
+             ("level 0.2 + AR(1) rho = 0.3", 0.3, None, 0.2)]
+METHODS = ("iid", "AR(1) only", "serial")
 
 
-def cell(steps: int, rho: float, tails: float | None, configurations: int, seed: int) -> dict:
-    rng = np.random.default_rng([seed, steps, int(rho * 100), int(tails or 0)])
-    counts = {m: {"false": 0, "hits": 0, "promised": []} for m in ("iid", "ar1")}
+def cell(steps: int, rho: float, tails: float | None, level: float, configurations: int, seed: int) -> dict:
+    rng = np.random.default_rng([seed, steps, int(rho * 100), int(tails or 0), int(level * 100)])
+    counts = {m: {"false": 0, "hits": 0, "promised": []} for m in METHODS}
     rhos = []
     for c in range(configurations):
-        clean = 10 + ar1_runs(rng, 20, steps, rho, tails=tails)
-        noisy = 10 + ar1_runs(rng, 10, steps, rho, tails=tails)
+        clean = 10 + ar1_runs(rng, 20, steps, rho, tails=tails, level=level)
+        noisy = 10 + ar1_runs(rng, 10, steps, rho, tails=tails, level=level)
         noisy[:, steps // 2 :] += SHIFT
         z_clean = leave_one_out(clean)
         z_noisy = (noisy - clean.mean(0)) / clean.std(0, ddof=1)
         phase1 = Phase1(z_clean, seed=c)
+        ar1_only = Phase1(z_clean, seed=c)  # the model without the level: rho = the lag-1 autocorrelation
+        ar1_only.level, ar1_only.rho = 0.0, float(np.clip(ar1_only.dependence.rho1, -0.9, 0.95))
         rhos.append(phase1.dependence.rho1)
         for method, count in counts.items():
-            calibration = phase1.calibrate(k=0.5, arl0=1000, method=method)
+            chosen = ar1_only if method == "AR(1) only" else phase1
+            calibration = chosen.calibrate(k=0.5, arl0=1000, method="iid" if method == "iid" else "serial")
             count["false"] += int((cusum(z_clean, k=0.5, h=calibration.h).first_alert >= 0).sum())
             count["hits"] += int((cusum(z_noisy, k=0.5, h=calibration.h).first_alert >= 0).sum())
             count["promised"].append(calibration.in_horizon)
@@ -80,19 +88,19 @@ def main(argv: list[str]) -> int:
     chain_against_simulation()
     print(f"{configurations} configurations per cell (20 clean + 10 noisy runs each, shift {SHIFT} sd from T/2); "
           "k = 0.5, ARL0 = 1000; rates with Wilson 95% intervals\n")
-    print("| T | process | mean rho^ (normal scores) | promised P(RL <= T) | false alarms, iid | false alarms, ar1 | "
-          "power, iid | power, ar1 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| T | process | mean lag-1 rho^ | promised P(RL <= T) | false alarms: " + " / ".join(METHODS)
+          + " | power: " + " / ".join(METHODS) + " |")
+    print("|---|---|---|---|---|---|")
     for steps in (33, 117):
-        for name, rho, tails in PROCESSES:
-            r = cell(steps, rho, tails, configurations, seed=0)
+        for name, rho, tails, level in PROCESSES:
+            r = cell(steps, rho, tails, level, configurations, seed=0)
 
             def rate(p):
                 return f"{p.rate:.3f} ({p.wilson_low:.3f}-{p.wilson_high:.3f})"
 
             print(f"| {steps} | {name} | {r['rho_hat']:+.3f} | {r['iid']['promised']:.3f} | "
-                  f"{rate(r['iid']['false'])} | {rate(r['ar1']['false'])} | {rate(r['iid']['power'])} | "
-                  f"{rate(r['ar1']['power'])} |", flush=True)
+                  + " / ".join(rate(r[m]["false"]) for m in METHODS) + " | "
+                  + " / ".join(f"{r[m]['power'].rate:.3f}" for m in METHODS) + " |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
     return 0
 
