@@ -25,6 +25,7 @@ from analysis.detection import (
 )
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
 from analysis.intervals import INTERVALS, cohens_d, wilson
+from analysis.learning import Learning, learning, memorisation_summary
 from analysis.spectra import Density, densities, eigen_ensembles
 
 
@@ -44,6 +45,8 @@ class Results:
     tensor_shares: list[LayerMap] = field(default_factory=list)  # per layer over training, when logged
     stable_ranks: list[LayerMap] = field(default_factory=list)  # per layer, where pairs and eigenvalues meet
     alarms: list[dict] = field(default_factory=list)  # raised by `sweep watch` while the runs trained
+    learning: list[Learning] = field(default_factory=list)  # test accuracy and memorised fraction, when logged
+    heads: dict[str, str] = field(default_factory=dict)  # configuration -> its classification head, when known
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -132,7 +135,9 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
         raise AnalysisError(f"window={list(window)} must be [first_epoch, last_epoch]")
     notes = list(traj.notes)
     table1, cohens, sensitivity, detections, eigen, spectra, coupled, shares, ranks = [], [], [], [], [], [], [], [], []
-    summary = {"configurations": {}, "calibration": calibration, "d_interval": interval, "k": k, "arl0": arl0,
+    learned: list[Learning] = []
+    summary = {"configurations": {}, "calibration": calibration, "d_interval": interval, "window": list(window),
+               "k": k, "arl0": arl0,
                "layer": layer, "quantity": traj.quantity, "quantity_name": traj.quantity_name}
     chosen = configurations(traj)  # one pass over the table's rows
     for c, (configuration, arch, dataset) in enumerate(chosen):
@@ -179,6 +184,9 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
         coupled += couplings(traj, configuration)
         shares += tensor_shares(traj, configuration)
         ranks += stable_ranks(traj, configuration)
+        curves = learning(traj.training, configuration)
+        if curves is not None:
+            learned.append(curves)
         detections += config_detections
         rows, more = effect_sizes(traj, configuration, arch, dataset, window=window, resamples=resamples,
                                   rng_seed=seed * 1000 + c, interval=interval)
@@ -187,6 +195,7 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
         head = config_detections[0]
         summary["configurations"][configuration] = {
             "arch": arch, "dataset": dataset,
+            "memorisation": memorisation_summary(curves) if curves is not None else None,
             "h": head.calibration.h, "calibration": head.calibration.name,
             "calibration_detail": head.calibration.method, "in_horizon_false_alarm": head.calibration.in_horizon,
             "normal_scores_rho1": head.calibration.rho, "run_level_share": head.calibration.level,
@@ -229,5 +238,7 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
                            "stable_ranks": sorted({t.configuration for t in ranks})}
     alarms = [] if traj.alarms is None else traj.alarms.sort_by("raised_at").to_pylist()
     summary["online_alarms"] = len(alarms)
+    memorised = [v["memorisation"]["memorised"] for v in summary["configurations"].values() if v["memorisation"]]
+    summary["memorised"] = None if not memorised else all(memorised)  # None: no learning curves to judge by
     return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels, eigen, spectra, coupled,
-                   shares, ranks, alarms)
+                   shares, ranks, alarms, learned, dict(traj.heads))

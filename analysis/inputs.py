@@ -48,6 +48,7 @@ class Trajectories:
     split: pa.Table | None = None  # their Gauss-Newton split rows (quantities split_*), when logged
     pairs: pa.Table | None = None  # their inter-layer block rows (store.schema.PAIRS_SCHEMA + identity)
     alarms: pa.Table | None = None  # alarms `sweep watch` raised for the sweep's runs (store.schema.ALARMS_SCHEMA)
+    training: pa.Table | None = None  # the runs' per-epoch metrics (test_acc, memorised, ...; scope epoch)
 
     @property
     def quantity_name(self) -> str:
@@ -149,7 +150,19 @@ def from_store(uri: str, *, sweep: str | None = None, quantity: str = "trace") -
         raise AnalysisError(f"the done runs of {uri} have no snapshot rows of quantity={quantity}")
     heads = dict(zip(done["configuration"].to_pylist(), done["head_layer"].to_pylist()))
     return Trajectories(_check(table, f"the store {uri}", quantity), heads, uri, notes, axes=_axes(done),
-                        quantity=quantity, alarms=_alarms(store, chosen.run_ids), **_extras(store, done))
+                        quantity=quantity, alarms=_alarms(store, chosen.run_ids), training=_training(store, done),
+                        **_extras(store, done))
+
+
+def _training(store, done: pa.Table) -> pa.Table | None:
+    """The done runs' evaluation metrics per epoch (test accuracy, memorised fraction)."""
+    from store import StoreError
+
+    try:
+        rows = store.metrics(runs=done, scope="epoch")
+    except StoreError as err:
+        raise AnalysisError(str(err)) from None
+    return rows if rows.num_rows else None
 
 
 def _alarms(store, run_ids: list[str]) -> pa.Table | None:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import figures
 from analysis.analyze import Results
+from analysis.learning import ONSET
 
 TABLE1 = ["configuration", "arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean",
           "det_epoch_std",
@@ -79,80 +81,51 @@ def _latex(text) -> str:
 
 
 def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
+    """Every figure, in the order the page shows them: per configuration the overview (the
+    head, or the last layer in network order), every layer as small multiples when there are
+    several, the CUSUM of every run; then the detection epochs, Cohen's d, and the spectral
+    and inside-the-Hessian figures of runs that logged them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
-    colours = {0.25: "tab:orange", 0.4: "tab:red", 0.6: "tab:purple"}
+    colours = figures.eta_colours(np.concatenate([d.ensemble.eta for d in results.detections]))
     label = results.labels.get
     quantity = results.summary.get("quantity_name", "trace")
+    curves = {c.configuration: c for c in results.learning}
+    by_configuration: dict[str, list] = {}
     for d in results.detections:
-        e = d.ensemble
-        name = label(e.configuration, e.configuration)
-        tag = f"{e.configuration}_{e.layer}".replace("/", "-")
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        ax.fill_between(e.epochs, d.mu0 - d.sigma0, d.mu0 + d.sigma0, color="tab:blue", alpha=0.25,
-                        label="clean mu0 ± sigma0")
-        ax.plot(e.epochs, d.mu0, color="tab:blue")
-        for eta in sorted(set(e.eta) - {0.0}):
-            for i, row in enumerate(e.trace[e.eta == eta]):
-                ax.plot(e.epochs, row, color=colours.get(round(eta, 2), "tab:gray"), lw=0.7, alpha=0.6,
-                        label=f"eta = {eta:.2f}" if i == 0 else None)
-        # early-training spikes dwarf the rest on a linear axis: symmetric log above the typical level
-        typical = float(np.nanmedian(np.abs(d.mu0))) if np.isfinite(d.mu0).any() else 1.0
-        ax.set_yscale("symlog", linthresh=max(typical, 1e-6))
-        ax.set(xlabel="epoch", ylabel=f"{quantity} of {e.layer} (symlog)", title=f"{name}: layer-wise {quantity}")
-        ax.legend(fontsize=7)
-        made.append((f"{name}: {e.layer} trajectories", _save(fig, out / f"trajectories_{tag}.png")))
-
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        stat = np.maximum(d.path.upper, d.path.lower)
-        picks = [np.flatnonzero(e.eta == eta)[:2] for eta in sorted(set(e.eta))]
-        for i in np.concatenate(picks):
-            ax.plot(e.epochs, stat[i], lw=0.9, color=colours.get(round(e.eta[i], 2), "tab:blue"),
-                    label=f"eta = {e.eta[i]:.2f}")
-            if d.path.first_alert[i] >= 0:
-                ax.plot(e.epochs[d.path.first_alert[i]], stat[i, d.path.first_alert[i]], "kx")
-        ax.axhline(d.calibration.h, color="k", ls="--", lw=0.8, label=f"h = {d.calibration.h:.2f}")
-        ax.set(xlabel="epoch", ylabel="max(S+, S-)", title=f"{name}: CUSUM (x: first alert)")
-        ax.legend(fontsize=7)
-        made.append((f"{name}: CUSUM statistics", _save(fig, out / f"cusum_{tag}.png")))
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels, data = [], []
-    for d in results.detections:
-        for eta in sorted(set(d.ensemble.eta)):
-            epochs = d.detection_epoch[d.ensemble.eta == eta]
-            labels.append(f"{label(d.ensemble.configuration, d.ensemble.configuration)}\n{eta:.2f}")
-            data.append(epochs[np.isfinite(epochs)])
-    for i, values in enumerate(data):
-        ax.plot(np.full(len(values), i), values, "o", alpha=0.5, ms=4)
-    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
-    ax.set(ylabel="detection epoch", title="first alerts per configuration and eta")
-    made.append(("Detection epochs", _save(fig, out / "detection_epochs.png")))
-
-    made += _spectral_figures(results, out, plt, colours)
-    made += _block_figures(results, out, plt)
-
+        by_configuration.setdefault(d.ensemble.configuration, []).append(d)
+    primary = []
+    for configuration, shown in by_configuration.items():
+        d = primary_detection(shown, results.heads.get(configuration))
+        primary.append(d)
+        name = label(configuration, configuration)
+        tag = f"{configuration}_{d.ensemble.layer}".replace("/", "-")
+        made.append((f"{name}: overview of {d.ensemble.layer}",
+                     figures.overview(d, curves.get(configuration), name, quantity, plt, out / f"overview_{tag}.png")))
+        if len(shown) > 1:
+            made.append((f"{name}: every layer", figures.small_multiples(
+                shown, name, quantity, plt, out / f"layers_{configuration}.png")))
+        made.append((f"{name}: CUSUM of every run, {d.ensemble.layer}",
+                     figures.cusum_runs(d, name, plt, out / f"cusum_{tag}.png")))
+    made.append(("Detection epochs", figures.detection_epochs(primary, results.labels, plt,
+                                                              out / "detection_epochs.png")))
     for configuration in sorted({r["configuration"] for r in results.cohens_d}):
         rows = [r for r in results.cohens_d if r["configuration"] == configuration]
-        layers = list(dict.fromkeys(r["layer"] for r in rows))
-        etas = sorted({r["eta"] for r in rows})
-        grid = np.full((len(layers), len(etas)), np.nan)
-        for r in rows:
-            grid[layers.index(r["layer"]), etas.index(r["eta"])] = r["d"]
-        fig, ax = plt.subplots(figsize=(4.5, 0.18 * len(layers) + 1.5))
-        limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
-        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_yticks(range(len(layers)), layers, fontsize=6)
-        ax.set_xticks(range(len(etas)), [f"{e:.2f}" for e in etas])
         name = label(configuration, configuration)
-        ax.set(xlabel="eta", title=f"{name}: Cohen's d")
-        fig.colorbar(image, ax=ax)
-        made.append((f"{name}: Cohen's d", _save(fig, out / f"cohens_d_{configuration}.png")))
+        made.append((f"{name}: Cohen's d",
+                     figures.effect_sizes(rows, name, plt, out / f"cohens_d_{configuration}.png")))
+    made += _spectral_figures(results, out, plt, colours)
+    made += _block_figures(results, out, plt)
     return made
+
+
+def primary_detection(detections: list, head: str | None):
+    """The detection a configuration's overview shows: its head's, else its last layer's."""
+    return next((d for d in detections if d.ensemble.layer == head), detections[-1])
 
 
 def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[tuple[str, Path]]:
@@ -179,7 +152,7 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
         ax.set(xlabel="epoch", ylabel=f"lambda_max of {e.layer}", title=f"{name}: largest eigenvalue, {e.layer}")
         ax.legend(fontsize=7)
         tag = f"{e.configuration}_{e.layer}".replace("/", "-")
-        made.append((f"{name}: lambda_max of {e.layer}", _save(fig, out / f"lambda_max_{tag}.png")))
+        made.append((f"{name}: lambda_max of {e.layer}", figures.save(fig, out / f"lambda_max_{tag}.png")))
     panels: dict[tuple[str, str], list] = {}
     for d in results.densities:
         panels.setdefault((d.configuration, d.layer), []).append(d)
@@ -200,7 +173,7 @@ def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[t
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{name}: Hessian spectral density, {layer}", fontsize=10)
         tag = f"{configuration}_{layer}".replace("/", "-")
-        made.append((f"{name}: spectral densities of {layer}", _save(fig, out / f"density_{tag}.png")))
+        made.append((f"{name}: spectral densities of {layer}", figures.save(fig, out / f"density_{tag}.png")))
     return made
 
 
@@ -241,7 +214,7 @@ def _block_figures(results: Results, out: Path, plt) -> list[tuple[str, Path]]:
         what = "inter-layer coupling" if metric == "coupling" else "GN-Gap"
         fig.suptitle(f"{name}: {what} of the {operator} blocks", fontsize=10)
         tag = f"{configuration}_{operator}".replace("/", "-")
-        made.append((f"{name}: {what}, {operator}", _save(fig, out / f"coupling_{tag}.png", tight=False)))
+        made.append((f"{name}: {what}, {operator}", figures.save(fig, out / f"coupling_{tag}.png", tight=False)))
         made.append((f"{name}: {what} by distance, {operator}", _distance_profile(shown, name, what, operator, plt,
                                                                             out / f"distance_{tag}.png")))
     for t in [*results.tensor_shares, *results.stable_ranks]:
@@ -278,7 +251,7 @@ def _layer_map(t, name: str, plt, out: Path) -> tuple[str, Path]:
                       "stable rank": ("stable rank", "stable rank of each layer's Hessian block")}[t.quantity]
     fig.suptitle(f"{name}: {title}", fontsize=10)
     tag = t.quantity.replace(" ", "_")
-    return f"{name}: {caption}", _save(fig, out / f"{tag}_{t.configuration}.png", tight=False)
+    return f"{name}: {caption}", figures.save(fig, out / f"{tag}_{t.configuration}.png", tight=False)
 
 
 def _distance_profile(shown: list, name: str, what: str, operator: str, plt, path: Path) -> Path:
@@ -302,57 +275,99 @@ def _distance_profile(shown: list, name: str, what: str, operator: str, plt, pat
     ax.set(xlabel=f"distance ({where})", ylabel=f"mean {what}",
            title=f"{name}: {what} of the {operator} blocks by distance")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
-def _save(fig, path: Path, tight: bool = True) -> Path:
-    if tight:  # a figure with a colour bar over several axes places itself
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
-def _html(results: Results, figures: list[tuple[str, Path]]) -> str:
+def _html(results: Results, made: list[tuple[str, Path]]) -> str:
+    """One self-contained page. Its first screen says what the data show (the title follows
+    whether the noisy runs memorised) and shows each configuration's overview; the tables,
+    the other figures, the calibration and the notes follow."""
     s = results.summary
 
     def proportion(p):
         return f"{p['count']}/{p['n']} = {p['rate']:.3f} (Wilson 95%: {p['wilson_low']:.3f}, {p['wilson_high']:.3f})"
 
-    columns = _columns(TABLE1, results.axes)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in results.table1)
-    images = "".join(
-        f"<figure><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, p in figures
-    )
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in results.notes) or "<li>none</li>"
+    def image(title, path):
+        return (f"<figure><img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}' "
+                f"alt='{html.escape(title)}'><figcaption>{html.escape(title)}</figcaption></figure>")
+
+    first = [(t, p) for t, p in made if p.name.startswith("overview_")]
+    rest = [(t, p) for t, p in made if not p.name.startswith("overview_")]
+    title, verdict = _verdict(results)
     autocorr = "".join(
         f"<li>{html.escape(key)}: {v['rho1']:+.3f} ({v['ci_low']:+.3f}, {v['ci_high']:+.3f})</li>"
         for key, v in s["lag1_autocorrelation"].items()
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>hessian-sweep report</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
-<h1>Layer-wise trace CUSUM: detection of label memorisation</h1>
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in results.notes) or "<li>none</li>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1040px;margin:auto;padding:0 12px;color:#222}}
+table{{border-collapse:collapse;font-size:12px;margin:6px 0}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+th{{background:#f0f0f0}}img{{max-width:100%}}figure{{margin:10px 0}}figcaption{{font-size:12px;color:#555}}
+.verdict{{font-size:15px;background:#f6f6f0;border-left:4px solid #bb8;padding:6px 10px}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="verdict">{verdict}</p>
 <p>Monitored layer: {html.escape(str(s['layer']))}; quantity: the {html.escape(s['quantity_name'])}
-(<code>{html.escape(s['quantity'])}</code>); k = {s['k']}, ARL0 = {s['arl0']} snapshots.</p>
+(<code>{html.escape(s['quantity'])}</code>); k = {s['k']}, ARL0 = {s['arl0']} snapshots; h by
+{html.escape(', '.join(s['calibration_methods']))} (below). Power over noisy runs: {proportion(s['power'])};
+false-alarm rate over clean runs: {proportion(s['false_alarm'])}.</p>
+{"".join(image(t, p) for t, p in first)}
 <h2>Pooled</h2><ul>
 <li>Power over noisy runs: {proportion(s['power'])}</li>
 <li>False-alarm rate over clean runs (leave-one-out): {proportion(s['false_alarm'])}</li>
-<li>False-alarm probability within a run the calibration promises, P(RL &le; T)
-({html.escape(', '.join(s['calibration_methods']))}): {s['in_horizon_false_alarm']:.3f},
+<li>False-alarm probability within a run the calibration promises, P(RL &le; T): {s['in_horizon_false_alarm']:.3f},
 {'inside' if s['in_horizon_within_wilson'] else 'outside'} the pooled rate's Wilson interval (the approximation
 1 - exp(-T/ARL0), T = {s['snapshots_per_run']}: {s['theoretical_false_alarm']:.3f})</li>
 <li>False alarms within the first five snapshots: {s['early_false_alarms']}</li></ul>
 <h3>Lag-1 autocorrelation of z under H0 (95% interval)</h3><ul>{autocorr}</ul>
-{_alarms_html(results.alarms)}<h2>Table 1</h2><table><tr>{head}</tr>{body}</table>
-<h2>Figures</h2>{images}
+{_alarms_html(results.alarms)}
+<h2>Table 1</h2>{_table(_columns(TABLE1, results.axes), results.table1)}
+<h2>Figures</h2>{"".join(image(t, p) for t, p in rest)}
+<h2>Cohen's d</h2><p>d = (mean clean - mean noisy) / sqrt((s_clean^2 + s_noisy^2) / 2) of each run's mean
+{html.escape(s['quantity_name'])} over the epochs {html.escape(str(s.get('window', '')))}: negative when the noisy runs'
+value is larger (the paper's sign); {html.escape(s.get('d_interval', ''))} 95% intervals.</p>
+{_table(_columns(COHENS_D, results.axes), results.cohens_d)}
+<h2>Sensitivity</h2><p>Power and false-alarm rate for each k and ARL0, h calibrated again for each.</p>
+{_table(_columns(SENSITIVITY, results.axes), results.sensitivity)}
 <h2>Calibration</h2><p>{html.escape(s['calibration_method'])}</p>
 <h2>Notes</h2><ul>{notes}</ul></body></html>
 """
+
+
+def _verdict(results: Results) -> tuple[str, str]:
+    """The page's title and first sentence: what the runs did, from their learning curves."""
+    s = results.summary
+    quantity = s["quantity_name"]
+    memorised = s.get("memorised")
+    facts = []
+    for configuration, values in s["configurations"].items():
+        m = values.get("memorisation")
+        if not m:
+            continue
+        parts = ", ".join(f"{v['final_memorised_median']:.2f} at eta = {eta:.2f}" for eta, v in m["by_eta"].items())
+        facts.append(f"{html.escape(results.labels.get(configuration, configuration))}: {parts}")
+    ending = ("; ".join(facts) + "." if facts else "")
+    power = f"{s['power']['count']}/{s['power']['n']} noisy runs alarmed, {s['false_alarm']['count']}/" \
+            f"{s['false_alarm']['n']} clean runs"
+    if memorised is None:
+        return (f"Layer-wise {quantity} CUSUM: clean against noisy-label runs",
+                f"{power}. These trajectories come without learning curves, so whether the noisy runs memorised "
+                "their corrupted labels cannot be said from them.")
+    if memorised:
+        return (f"Layer-wise {quantity} CUSUM: detection of label memorisation",
+                f"The noisy runs memorised their corrupted labels (the median fraction of corrupted labels fitted at "
+                f"the end: {ending}) {power}.")
+    return (f"Layer-wise {quantity} CUSUM on runs that did not memorise their corrupted labels",
+            f"The noisy runs did <b>not</b> memorise: by the end they fitted only a median fraction of their "
+            f"corrupted labels of {ending} Memorisation here means at least {ONSET:g}"
+            f" (chance is about 0.1). So what the rule detects in these runs is how training on noisy labels "
+            f"changes the {quantity}, not memorisation. {power}.")
+
+
+def _table(columns: list[str], rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 ALARMS = ["run_id", "layer", "quantity", "step", "epoch", "statistic", "side", "h", "calibration", "clean_runs"]
@@ -362,11 +377,9 @@ def _alarms_html(alarms: list[dict]) -> str:
     """The alarms `sweep watch` raised while the runs trained, when there are any."""
     if not alarms:
         return ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ALARMS)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(a[c])}</td>" for c in ALARMS) + "</tr>" for a in alarms)
     return (f"<h2>Alarms raised while the runs trained (<code>sweep watch</code>)</h2>"
             f"<p>{len(alarms)} alarms, each from the clean runs done at the time (clean_runs of them).</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+            + _table(ALARMS, alarms))
 
 
 def _columns(columns: list[str], axes: list[str]) -> list[str]:
@@ -422,6 +435,5 @@ def write(results: Results, out: str | Path) -> Path:
     _csv(out / "cohens_d.csv", _columns(COHENS_D, results.axes), results.cohens_d)
     _csv(out / "sensitivity.csv", _columns(SENSITIVITY, results.axes), results.sensitivity)
     (out / "summary.json").write_text(json.dumps(_plain(results.summary), indent=1))
-    figures = _figures(results, out)
-    (out / "report.html").write_text(_html(results, figures))
+    (out / "report.html").write_text(_html(results, _figures(results, out)))
     return out / "report.html"

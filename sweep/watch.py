@@ -35,12 +35,14 @@ def watch(store: Store, *, sweep: str | None = None, layer: str = "head", quanti
     phase1: dict[str, OnlineCusum] = {}
     followed: dict[str, OnlineCusum] = {}
     waiting: set[str] = set()
+    earlier, _ = store.read_alarms()  # raised by an earlier watch: not raised twice
+    raised = set(zip(earlier["run_id"].to_pylist(), earlier["layer"].to_pylist(), earlier["quantity"].to_pylist()))
     started = time.monotonic()
     print(f"watching sweep {chosen.label} of {store.uri}: {len(chosen.run_ids)} runs, layer {layer}, "
           f"quantity {quantity}, k = {k:g}, ARL0 = {arl0:g} (Ctrl-C stops)", file=out, flush=True)
     while True:
         chosen = select(store, sweep)  # runs registered since the last look are followed too
-        runs, _ = store.read_runs(chosen.run_ids)
+        runs, damaged = store.read_runs(chosen.run_ids)
         for configuration in sorted(set(runs["configuration"].to_pylist())):
             of = runs.filter(pc.equal(runs["configuration"], configuration))
             if configuration not in phase1:
@@ -60,7 +62,7 @@ def watch(store: Store, *, sweep: str | None = None, layer: str = "head", quanti
             calibrated = set(base.calibrated_on)
             for record in of.to_pylist():
                 rid = record["run_id"]
-                if rid in calibrated:
+                if rid in calibrated or (rid, base.layer, quantity) in raised:
                     continue
                 monitor = followed.setdefault(rid, base.follow(rid))
                 if monitor.alarm is not None:
@@ -74,10 +76,9 @@ def watch(store: Store, *, sweep: str | None = None, layer: str = "head", quanti
                                        "statistic": alarm.statistic, "side": alarm.side, "h": alarm.h, "k": k,
                                        "arl0": arl0, "calibration": base.calibration.name,
                                        "clean_runs": base.clean_runs})
-        finished = runs.num_rows == len(chosen.run_ids) and all(s in FINAL for s in runs["status"].to_pylist())
-        if once or (finished and set(phase1) == set(runs["configuration"].to_pylist())):
-            break
-        if finished:  # every run is done, and some configuration can never be calibrated
+        # every run done or failed (or damaged: `sweep resume` reruns it, and a watch then) and read
+        final = sum(s in FINAL for s in runs["status"].to_pylist()) + len(damaged)
+        if once or final == len(chosen.run_ids):
             break
         if timeout is not None and time.monotonic() - started > timeout:
             print(f"stopped after {timeout:g} s; `sweep watch` again continues (alarms already raised are kept)",

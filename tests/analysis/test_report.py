@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+from html.parser import HTMLParser
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -76,7 +77,7 @@ def test_a_smoke_store(tmp_path, analyze_cli, sweep_cli):
     done = analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200")
     assert done.returncode == 0, done.stderr
     check_outputs(out, "classifier")  # the head of VGG-11, from the store's metadata
-    (figure,) = out.glob("trajectories_vgg11-digits-*_classifier.png")  # named by its configuration
+    (figure,) = out.glob("overview_vgg11-digits-*_classifier.png")  # named by its configuration
     assert "no snapshots in the epoch window [10, 20]" in done.stdout  # 3 epochs: said, not fatal
     # the same trajectories exported by `sweep export` give the same Table 1 through trajectories=
     exported = tmp_path / "trace.parquet"
@@ -178,3 +179,65 @@ def test_the_split_and_the_pair_table_reach_the_report(tmp_path, analyze_cli):
     pairs = Store.open(str(tmp_path / "s")).pairs()  # VGG-11 is a chain: its graph distance is |l - m|
     assert pairs["distance"].to_pylist() == [abs(a - b) for a, b in zip(pairs["layer_index"].to_pylist(),
                                                                         pairs["other_index"].to_pylist())]
+
+
+class _Page(HTMLParser):
+    """The page's images, and each table's header cells and row count."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.title = [], [], ""
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "table":
+            self.tables.append({"headers": [], "rows": 0})
+        elif tag == "th":
+            self.tables[-1]["headers"].append(None)
+        elif tag == "tr":
+            self.tables[-1]["rows"] += 1
+        self._in_title = tag == "h1"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+
+
+def parsed(out) -> _Page:
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    return page
+
+
+def test_the_page_for_every_layer_of_a_demo_sized_sweep_is_whole_and_small(tmp_path, analyze_cli):
+    # the demo's shape: VGG-11's 17 layers, 12 clean and 3 x 6 noisy runs, 33 snapshots
+    path = tmp_path / "demo.parquet"
+    layers = tuple(f"features.{i}" for i in range(16)) + ("classifier",)
+    pq.write_table(trajectories(clean=12, noisy=6, steps=33, layers=layers, shift=2.0, shift_at=15), path)
+    out = tmp_path / "out"
+    done = analyze_cli(f"trajectories={path}", f"out={out}", "layer=all", "bootstrap=200", "window=[1,8]")
+    assert done.returncode == 0, done.stderr
+    page = parsed(out)
+    pngs = sorted(out.glob("*.png"))
+    assert len(page.images) == len(pngs) <= 6  # one small-multiples image, not one figure per layer
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)  # every figure embedded
+    assert all(t["headers"] and t["rows"] > 1 for t in page.tables)  # every table has its header and rows
+    assert len(page.tables) == 3  # Table 1, Cohen's d, sensitivity
+    assert (out / "report.html").stat().st_size < 3 * 2**20
+    assert "clean against noisy-label runs" in page.title  # no learning curves: no claim about memorisation
+
+
+def test_the_title_says_when_the_runs_did_not_memorise(tmp_path, analyze_cli):
+    smoke_store(tmp_path / "s")  # 2 epochs: nothing is memorised
+    out = tmp_path / "out"
+    assert analyze_cli(f"store={tmp_path / 's'}", f"out={out}", "bootstrap=200").returncode == 0
+    page = parsed(out)
+    assert "did not memorise" in page.title
+    summary = json.loads((out / "summary.json").read_text())
+    (configuration,) = summary["configurations"].values()
+    assert summary["memorised"] is False and configuration["memorisation"]["by_eta"]["0.6"]["runs"] == 1
+    text = (out / "report.html").read_text()
+    assert text.index("did <b>not</b> memorise") < text.index("overview of classifier") < text.index("Table 1")

@@ -137,6 +137,9 @@ def test_watch_alarms_on_a_run_while_it_is_written_and_not_on_an_in_control_one(
     assert damaged == [] and alarms["run_id"].to_pylist() == ["shifted"]
     (row,) = alarms.to_pylist()
     assert row["step"] >= STEPS[10] and row["side"] == "up" and row["clean_runs"] == 8 and row["statistic"] > row["h"]
+    again = sweep_cli("watch", f"store={root}", "once=true")  # a second watch does not raise it twice
+    assert again.returncode == 0 and "Phase I on 9 clean runs" in again.stdout
+    assert again.stdout.rstrip().endswith("0 alarms in 0 followed runs")
     # sweep status and the report show it
     status = sweep_cli("status", f"store={root}")
     assert "alarms raised while training (`sweep watch`): 1" in status.stdout and "shifted: layer classifier" in \
