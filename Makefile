@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m sweep launch experiment=demo store=runs/demo
 	$(PY) -m sweep analyze store=runs/demo out=runs/demo-report
+	@echo "The sweep command is $(VENV)/bin/sweep: '. $(VENV)/bin/activate' puts it on your PATH."
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -20,12 +20,13 @@ from analysis.detection import (
     autocorrelation,
     detect,
     early_false_alarms,
+    primary,
     standardised,
     table_rows,
 )
 from analysis.inputs import AnalysisError, Trajectories, configurations, ensemble, layers_of, resolve_layers
 from analysis.intervals import INTERVALS, cohens_d, wilson
-from analysis.learning import Learning, learning, memorisation_summary
+from analysis.learning import Learning, alarm_timing, learning, memorisation_summary, timing_counts
 from analysis.spectra import Density, densities, eigen_ensembles
 
 
@@ -47,6 +48,7 @@ class Results:
     alarms: list[dict] = field(default_factory=list)  # raised by `sweep watch` while the runs trained
     learning: list[Learning] = field(default_factory=list)  # test accuracy and memorised fraction, when logged
     heads: dict[str, str] = field(default_factory=dict)  # configuration -> its classification head, when known
+    timing: list[dict] = field(default_factory=list)  # per noisy run: first alarm and onset of memorisation
 
 
 def window_means(traj: Trajectories, configuration: str, window: tuple[float, float]) -> tuple[pa.Table, list]:
@@ -136,6 +138,7 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
     notes = list(traj.notes)
     table1, cohens, sensitivity, detections, eigen, spectra, coupled, shares, ranks = [], [], [], [], [], [], [], [], []
     learned: list[Learning] = []
+    timing: list[dict] = []  # per noisy run: its first alarm next to the onset of its memorisation
     summary = {"configurations": {}, "calibration": calibration, "d_interval": interval, "window": list(window),
                "k": k, "arl0": arl0,
                "layer": layer, "quantity": traj.quantity, "quantity_name": traj.quantity_name}
@@ -192,7 +195,9 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
                                   rng_seed=seed * 1000 + c, interval=interval)
         cohens += rows
         notes += more
-        head = config_detections[0]
+        head = primary(config_detections, traj.heads.get(configuration))
+        if curves is not None:
+            timing += alarm_timing(curves, head)
         summary["configurations"][configuration] = {
             "arch": arch, "dataset": dataset,
             "memorisation": memorisation_summary(curves) if curves is not None else None,
@@ -240,5 +245,6 @@ def _analyze(traj: Trajectories, *, layer, k, arl0, window, ks, arl0s, resamples
     summary["online_alarms"] = len(alarms)
     memorised = [v["memorisation"]["memorised"] for v in summary["configurations"].values() if v["memorisation"]]
     summary["memorised"] = None if not memorised else all(memorised)  # None: no learning curves to judge by
+    summary["alarm_vs_onset"] = timing_counts(timing) if timing else None
     return Results(table1, summary, cohens, sensitivity, detections, notes, keys, labels, eigen, spectra, coupled,
-                   shares, ranks, alarms, learned, dict(traj.heads))
+                   shares, ranks, alarms, learned, dict(traj.heads), timing)

@@ -88,6 +88,12 @@ def detect(ensemble: Ensemble, *, k: float, arl0: float, method: str = "auto",
     return Detection(ensemble, s.z, s.mu0, s.sigma0, calibration, cusum(s.z, k=k, h=calibration.h))
 
 
+def primary(detections: list[Detection], head: str | None) -> Detection:
+    """The detection a configuration is summarised by: its head's, else its last layer's
+    (network order: the head of the built-in models)."""
+    return next((d for d in detections if d.ensemble.layer == head), detections[-1])
+
+
 def table_rows(detection: Detection) -> list[dict]:
     """Table 1 rows of one configuration: per eta, detection epochs over the runs that
     alerted (mean, sample sd), alert rate, h."""

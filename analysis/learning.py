@@ -21,6 +21,9 @@ import pyarrow.compute as pc
 
 ONSET = 0.5
 NAMES = ("test_acc", "memorised")
+COINCIDE = 1.0  # epochs: an alarm within one evaluation of the onset coincides with it
+TIMING = ["configuration", "layer", "run_id", "eta", "detection_epoch", "onset_epoch", "lead", "relation",
+          "final_memorised", "final_test_acc"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,36 @@ def memorisation_summary(curves: Learning) -> dict:
     top = by_eta[max(by_eta)] if by_eta else None
     return {"by_eta": by_eta, "onset_level": ONSET,
             "memorised": bool(top and top["final_memorised_median"] >= ONSET)}
+
+
+def alarm_timing(curves: Learning, detection) -> list[dict]:
+    """Per noisy run of ``detection`` (one configuration and layer): its first alarm next to
+    the onset of its memorisation, and how they relate: the alarm ``precedes`` the onset by
+    more than ``COINCIDE`` epochs, ``coincides`` with it (within one evaluation either side:
+    both are resolved to an epoch), or ``follows``; ``no alarm`` or ``no onset`` when one is
+    missing. ``lead`` = onset - detection, in epochs (positive: the alarm came first)."""
+    e = detection.ensemble
+    index = curves.of(e.run_ids)
+    onset, final_mem, final_acc = curves.onset(), curves.final(curves.memorised), curves.final(curves.test_acc)
+    rows = []
+    for i, run in enumerate(e.run_ids):
+        if e.eta[i] == 0 or run not in index:
+            continue
+        j = index[run]
+        detected, started = float(detection.detection_epoch[i]), float(onset[j])
+        lead = started - detected
+        relation = ("no alarm" if not np.isfinite(detected) else "no onset" if not np.isfinite(started)
+                    else "precedes" if lead > COINCIDE else "follows" if lead < -COINCIDE else "coincides")
+        rows.append({"configuration": e.configuration, "layer": e.layer, "run_id": run, "eta": float(e.eta[i]),
+                     "detection_epoch": detected, "onset_epoch": started, "lead": lead, "relation": relation,
+                     "final_memorised": float(final_mem[j]), "final_test_acc": float(final_acc[j])})
+    return rows
+
+
+def timing_counts(rows: list[dict]) -> dict:
+    """How many noisy runs' alarms precede, coincide with or follow their memorisation, and the
+    median lead (onset - detection, epochs) where both happened."""
+    counts = {relation: sum(r["relation"] == relation for r in rows)
+              for relation in ("precedes", "coincides", "follows", "no alarm", "no onset")}
+    leads = [r["lead"] for r in rows if np.isfinite(r["lead"])]
+    return {**counts, "runs": len(rows), "median_lead": float(np.median(leads)) if leads else float("nan")}

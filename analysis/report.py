@@ -18,7 +18,8 @@ import numpy as np
 
 from analysis import figures
 from analysis.analyze import Results
-from analysis.learning import ONSET
+from analysis.detection import primary
+from analysis.learning import ONSET, TIMING
 
 TABLE1 = ["configuration", "arch", "dataset", "eta", "layer", "n_runs", "n_alerts", "alert_rate", "det_epoch_mean",
           "det_epoch_std",
@@ -98,10 +99,10 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     by_configuration: dict[str, list] = {}
     for d in results.detections:
         by_configuration.setdefault(d.ensemble.configuration, []).append(d)
-    primary = []
+    summarised = []
     for configuration, shown in by_configuration.items():
-        d = primary_detection(shown, results.heads.get(configuration))
-        primary.append(d)
+        d = primary(shown, results.heads.get(configuration))
+        summarised.append(d)
         name = label(configuration, configuration)
         tag = f"{configuration}_{d.ensemble.layer}".replace("/", "-")
         made.append((f"{name}: overview of {d.ensemble.layer}",
@@ -111,7 +112,7 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
                 shown, name, quantity, plt, out / f"layers_{configuration}.png")))
         made.append((f"{name}: CUSUM of every run, {d.ensemble.layer}",
                      figures.cusum_runs(d, name, plt, out / f"cusum_{tag}.png")))
-    made.append(("Detection epochs", figures.detection_epochs(primary, results.labels, plt,
+    made.append(("Detection epochs", figures.detection_epochs(summarised, results.labels, plt,
                                                               out / "detection_epochs.png")))
     for configuration in sorted({r["configuration"] for r in results.cohens_d}):
         rows = [r for r in results.cohens_d if r["configuration"] == configuration]
@@ -121,11 +122,6 @@ def _figures(results: Results, out: Path) -> list[tuple[str, Path]]:
     made += _spectral_figures(results, out, plt, colours)
     made += _block_figures(results, out, plt)
     return made
-
-
-def primary_detection(detections: list, head: str | None):
-    """The detection a configuration's overview shows: its head's, else its last layer's."""
-    return next((d for d in detections if d.ensemble.layer == head), detections[-1])
 
 
 def _spectral_figures(results: Results, out: Path, plt, colours: dict) -> list[tuple[str, Path]]:
@@ -353,10 +349,16 @@ def _verdict(results: Results) -> tuple[str, str]:
         return (f"Layer-wise {quantity} CUSUM: clean against noisy-label runs",
                 f"{power}. These trajectories come without learning curves, so whether the noisy runs memorised "
                 "their corrupted labels cannot be said from them.")
+    timing = s.get("alarm_vs_onset")
+    when = "" if not timing else (
+        f" Against the onset of memorisation (the first epoch a run has fitted half of its corrupted labels), "
+        f"the first alarm came earlier in {timing['precedes']}, within an epoch in {timing['coincides']} and later "
+        f"in {timing['follows']} of {timing['runs']} noisy runs (median lead {timing['median_lead']:.1f} epochs; "
+        f"timing.csv has every run).")
     if memorised:
         return (f"Layer-wise {quantity} CUSUM: detection of label memorisation",
                 f"The noisy runs memorised their corrupted labels (the median fraction of corrupted labels fitted at "
-                f"the end: {ending}) {power}.")
+                f"the end: {ending}) {power}.{when}")
     return (f"Layer-wise {quantity} CUSUM on runs that did not memorise their corrupted labels",
             f"The noisy runs did <b>not</b> memorise: by the end they fitted only a median fraction of their "
             f"corrupted labels of {ending} Memorisation here means at least {ONSET:g}"
@@ -434,6 +436,8 @@ def write(results: Results, out: str | Path) -> Path:
     (out / "table1.tex").write_text(table1_latex(results.table1, results.axes))
     _csv(out / "cohens_d.csv", _columns(COHENS_D, results.axes), results.cohens_d)
     _csv(out / "sensitivity.csv", _columns(SENSITIVITY, results.axes), results.sensitivity)
+    if results.timing:
+        _csv(out / "timing.csv", TIMING, results.timing)
     (out / "summary.json").write_text(json.dumps(_plain(results.summary), indent=1))
     (out / "report.html").write_text(_html(results, _figures(results, out)))
     return out / "report.html"

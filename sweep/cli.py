@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from sweep.options import UsageError, boolean, choice, number, number_list, parse, text
 
@@ -275,9 +276,19 @@ def run_one(overrides: list[str], config_dir: str | None = None) -> int:
     preflight(Sweep(sweep_id="", runs={run_id(config): config}, composed=local))
 
     store = Store.open(composed["store"], create=True)
+    started = last = time.monotonic()
+    print(f"sweep run-one: training {run_id(config)} ({config['train']['epochs']} epochs) into {store.uri}; "
+          "progress every 5 s", flush=True)
+
+    def progress(step: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= 5:
+            last = time.monotonic()
+            print(f"  step {step} after {last - started:.0f} s", flush=True)
+
     with locked(store):  # a store a live sweep is driving is refused
         try:
-            summary = train(config, store)
+            summary = train(config, store, on_step=progress)
         except RunFailed as err:
             print(f"sweep run-one: the run failed: {err}\nIts record in {store.uri} says so (`sweep status "
                   f"store={store.uri}`); fix the config and run it again.", file=sys.stderr)

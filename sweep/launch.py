@@ -10,6 +10,7 @@ happens, and prints progress with an estimate of the time left.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,9 @@ def _start_ray(cluster: dict) -> bool:
         ray.init(address=cluster["address"], **options)
         return True
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    # Ray turns token authentication on for a new local cluster and announces it with a warning
+    # that tells the user how to turn it off. We keep it on, and keep that advice off the screen.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         num_cpus=cluster["num_cpus"],
         include_dashboard=cluster["dashboard"],

@@ -67,6 +67,7 @@ def test_run_one_trains_into_a_store_and_a_second_call_does_nothing_new(tmp_path
     args = ["run-one", f"store={tmp_path / 's'}", "arch=vgg11", "eta=0.25", "seed=2", *TINY, "train.epochs=1"]
     out = sweep_cli(*args)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sweep run-one: training vgg11-digits-eta0.25-s2-")  # said before the work
     store = Store.open(str(tmp_path / "s"))
     (record,) = store.runs().to_pylist()
     assert (record["status"], record["arch"], record["eta"], record["seed"]) == ("done", "vgg11", 0.25, 2)

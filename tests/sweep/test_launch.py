@@ -80,6 +80,7 @@ def test_launch_status_and_a_second_launch_that_runs_nothing(tmp_path):
     first = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "all 4 runs done" in first.stdout and "4/4 done, 0 running, 0 failed" in first.stdout
+    assert "RAY_AUTH_MODE" not in first.stdout + first.stderr  # no advice to turn authentication off
     status = sweep_cli("status", f"store={store_path}")
     assert status.returncode == 0
     assert "total: 0 pending, 0 running, 0 stuck, 4 done, 0 failed, 0 damaged" in status.stdout
