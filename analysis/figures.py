@@ -148,7 +148,8 @@ def detection_epochs(detections: list[Detection], labels: dict, plt, path: Path)
     alarms are false alarms), one colour per eta, alerts / runs written above each strip."""
     colours = eta_colours(np.concatenate([d.ensemble.eta for d in detections]))
     rng = np.random.default_rng(0)  # jitter only: the same picture every time
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(detections) + 2), 3.4))
+    strips = sum(len(set(d.ensemble.eta)) for d in detections)
+    fig, ax = plt.subplots(figsize=(min(10.0, max(5.0, 0.9 * strips + 0.9 * len(detections) + 1.5)), 3.4))
     ticks, names, x = [], [], 0.0
     top = max((float(np.nanmax(d.ensemble.epochs)) for d in detections), default=1.0)
     for d in detections:
@@ -166,9 +167,11 @@ def detection_epochs(detections: list[Detection], labels: dict, plt, path: Path)
         x += 0.8
     ax.set_xticks(ticks, names, fontsize=8)
     ax.tick_params(axis="x", pad=14, length=0)
+    ax.set_xlim(-0.7, x - 0.8 + 0.7 - 1)
     ax.set_ylim(-0.02 * top, top * 1.12)
-    ax.set(ylabel="epoch of the first alarm",
-           title="Detection epochs (numbers: runs that alarmed / runs; clean runs' alarms are false alarms)")
+    ax.set(ylabel="epoch of the first alarm")
+    ax.set_title("First alarms per run (above each strip: runs that alarmed / runs;\n"
+                 "a clean run's alarm is a false alarm)", fontsize=9)
     return save(fig, path)
 
 

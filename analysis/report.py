@@ -322,7 +322,8 @@ false-alarm rate over clean runs: {proportion(s['false_alarm'])}.</p>
 <h2>Cohen's d</h2><p>d = (mean clean - mean noisy) / sqrt((s_clean^2 + s_noisy^2) / 2) of each run's mean
 {html.escape(s['quantity_name'])} over the epochs {html.escape(str(s.get('window', '')))}: negative when the noisy runs'
 value is larger (the paper's sign); {html.escape(s.get('d_interval', ''))} 95% intervals.</p>
-{_table(_columns(COHENS_D, results.axes), results.cohens_d)}
+{_table(_columns(COHENS_D, results.axes), results.cohens_d) if results.cohens_d else
+ "<p>None: no run has snapshots in that window (see the notes).</p>"}
 <h2>Sensitivity</h2><p>Power and false-alarm rate for each k and ARL0, h calibrated again for each.</p>
 {_table(_columns(SENSITIVITY, results.axes), results.sensitivity)}
 <h2>Calibration</h2><p>{html.escape(s['calibration_method'])}</p>
