@@ -167,7 +167,11 @@ def detection_epochs(detections: list[Detection], labels: dict, plt, path: Path)
         x += 0.8
     ax.set_xticks(ticks, names, fontsize=8)
     ax.tick_params(axis="x", pad=14, length=0)
-    ax.set_xlim(-0.7, x - 0.8 + 0.7 - 1)
+    ax.set_xlim(-0.7, x - 1.1 + 1.5)  # room on the right for the legend
+    present = sorted({round(float(e), 2) for d in detections for e in d.ensemble.eta})
+    ax.legend(handles=[plt.Line2D([], [], marker="o", ls="", color=_colour(colours, eta), mec="k" if eta == 0 else
+                                  "none", label="clean" if eta == 0 else f"eta = {eta:.2f}") for eta in present],
+              fontsize=7, loc="center right", frameon=False)
     ax.set_ylim(-0.02 * top, top * 1.12)
     ax.set(ylabel="epoch of the first alarm")
     ax.set_title("First alarms per run (above each strip: runs that alarmed / runs;\n"

@@ -304,7 +304,7 @@ th{{background:#f0f0f0}}img{{max-width:100%}}figure{{margin:10px 0}}figcaption{{
 <h1>{html.escape(title)}</h1>
 <p class="verdict">{verdict}</p>
 <p>Monitored layer: {html.escape(str(s['layer']))}; quantity: the {html.escape(s['quantity_name'])}
-(<code>{html.escape(s['quantity'])}</code>); k = {s['k']}, ARL0 = {s['arl0']} snapshots; h by
+(<code>{html.escape(s['quantity'])}</code>); k = {s['k']:g}, ARL0 = {s['arl0']:g} snapshots; h by
 {html.escape(', '.join(s['calibration_methods']))} (below). Power over noisy runs: {proportion(s['power'])};
 false-alarm rate over clean runs: {proportion(s['false_alarm'])}.</p>
 {"".join(image(t, p) for t, p in first)}
@@ -342,8 +342,8 @@ def _verdict(results: Results) -> tuple[str, str]:
         if not m:
             continue
         parts = ", ".join(f"{v['final_memorised_median']:.2f} at eta = {eta:.2f}" for eta, v in m["by_eta"].items())
-        facts.append(f"{html.escape(results.labels.get(configuration, configuration))}: {parts}")
-    ending = ("; ".join(facts) + "." if facts else "")
+        facts.append(f"{parts} ({html.escape(results.labels.get(configuration, configuration))})")
+    ending = "; ".join(facts)
     power = f"{s['power']['count']}/{s['power']['n']} noisy runs alarmed, {s['false_alarm']['count']}/" \
             f"{s['false_alarm']['n']} clean runs"
     if memorised is None:
@@ -357,14 +357,18 @@ def _verdict(results: Results) -> tuple[str, str]:
         f"in {timing['follows']} of {timing['runs']} noisy runs (median lead {timing['median_lead']:.1f} epochs; "
         f"timing.csv has every run).")
     if memorised:
-        return (f"Layer-wise {quantity} CUSUM: detection of label memorisation",
-                f"The noisy runs memorised their corrupted labels (the median fraction of corrupted labels fitted at "
-                f"the end: {ending}) {power}.{when}")
+        most = max(("precedes", "coincides", "follows"), key=lambda r: timing[r]) if timing else "coincides"
+        claim = {"coincides": "detection of label memorisation",
+                 "precedes": "the alarms came before the runs memorised",
+                 "follows": "the alarms came after the runs memorised"}[most]
+        return (f"Layer-wise {quantity} CUSUM: {claim}",
+                f"The noisy runs memorised their corrupted labels (the median share of them fitted by the end: "
+                f"{ending}). {power}.{when}")
     return (f"Layer-wise {quantity} CUSUM on runs that did not memorise their corrupted labels",
-            f"The noisy runs did <b>not</b> memorise: by the end they fitted only a median fraction of their "
-            f"corrupted labels of {ending} Memorisation here means at least {ONSET:g}"
-            f" (chance is about 0.1). So what the rule detects in these runs is how training on noisy labels "
-            f"changes the {quantity}, not memorisation. {power}.")
+            f"The noisy runs did <b>not</b> memorise: by the end they had fitted only a small share of their "
+            f"corrupted labels (median: {ending}), where memorisation means at least {ONSET:g} and chance is about "
+            f"0.1. So what the rule detects in these runs is how training on noisy labels changes the {quantity}, "
+            f"not memorisation. {power}.")
 
 
 def _table(columns: list[str], rows: list[dict]) -> str:
