@@ -180,8 +180,9 @@ def detection_epochs(detections: list[Detection], labels: dict, plt, path: Path)
 
 
 def effect_sizes(rows: list[dict], name: str, plt, path: Path) -> Path:
-    """Cohen's d per layer and eta with its interval: a forest plot for a few layers, an
-    annotated heat map (values written, colour bar labelled) for many."""
+    """Cohen's d per layer and eta with its interval: a forest plot for a few layers, a heat map
+    with a labelled colour bar for many (values written in it up to 30 layers; the page's table
+    has every value and interval)."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     etas = sorted({r["eta"] for r in rows})
     colours = eta_colours(etas)
@@ -211,7 +212,7 @@ def effect_sizes(rows: list[dict], name: str, plt, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.2, 0.16 * len(layers) + 1.6))
     limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-    for (i, j), value in np.ndenumerate(grid):
+    for (i, j), value in np.ndenumerate(grid if len(layers) <= 30 else grid[:0]):  # more: the table has them
         if np.isfinite(value):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=5,
                     color="white" if abs(value) > 0.6 * limit else "black")
