@@ -168,8 +168,7 @@ def _training(store, done: pa.Table) -> pa.Table | None:
 def _alarms(store, run_ids: list[str]) -> pa.Table | None:
     """The alarms raised for these runs while they trained (damaged alarm files skipped:
     `sweep watch` writes them again)."""
-    alarms, _ = store.read_alarms()
-    alarms = alarms.filter(pc.is_in(alarms["run_id"], pa.array(run_ids, pa.string())))
+    alarms, _ = store.read_alarms(run_ids)
     return alarms if alarms.num_rows else None
 
 

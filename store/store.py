@@ -322,8 +322,8 @@ class Store:
         self.files.write(self.files.path(layout.alarm(row["run_id"], row["layer"], row["quantity"])),
                          parquet_bytes(table))
 
-    def read_alarms(self) -> tuple[pa.Table, list[DamagedFile]]:
-        """Every readable alarm, and the alarm files that are not."""
+    def read_alarms(self, run_ids: list[str] | None = None) -> tuple[pa.Table, list[DamagedFile]]:
+        """Every readable alarm (of ``run_ids`` only, when given), and the alarm files that are not."""
         tables, damaged = [], []
         for entry in self.files.list(self.files.path(layout.ALARMS)):
             if not entry.path.endswith(".parquet"):
@@ -333,7 +333,10 @@ class Store:
                                            shown=self.shown(entry.path)))
             except DamagedFile as err:
                 damaged.append(DamagedFile(err.path, err.problem, raw=entry.path))
-        return (pa.concat_tables(tables) if tables else ALARMS_SCHEMA.empty_table()), damaged
+        alarms = pa.concat_tables(tables) if tables else ALARMS_SCHEMA.empty_table()
+        if run_ids is not None:
+            alarms = alarms.filter(pc.is_in(alarms["run_id"], pa.array(run_ids, pa.string())))
+        return alarms, damaged
 
     # -- the launch lock file (its protocol: sweep/lock.py) -----------------------------
     @property

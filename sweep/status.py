@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from store import Store
 from store.sweeps import select
 from sweep.ledger import STATES, RunState, states
@@ -65,8 +62,7 @@ def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tup
                      f"`sweep resume store={store.uri}` continues them from their last checkpoint):")
         lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}/{r.total_steps}, last heartbeat "
                   f"{'never' if r.heartbeat_age is None else f'{r.heartbeat_age:.0f} s ago'})" for r in stuck]
-    alarms, damaged = store.read_alarms()
-    alarms = alarms.filter(pc.is_in(alarms["run_id"], pa.array(chosen.run_ids, pa.string())))
+    alarms, damaged = store.read_alarms(chosen.run_ids)
     if alarms.num_rows:
         lines.append(f"alarms raised while training (`sweep watch`): {alarms.num_rows}")
         lines += [f"  {a['run_id']}: layer {a['layer']} {a['quantity']}, step {a['step']} (epoch {a['epoch']:.2f}), "

@@ -3,11 +3,9 @@ following runs that separate processes are writing into a real store."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,11 @@ from analysis.online import OnlineCusum
 from store import RunWriter, Store
 from store.schema import record
 from tests.analysis.synthetic import trajectories
+from tests.store.test_store import identity, zipped
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = [100 * (i + 1) for i in range(30)]
-CONFIGURATION = "vgg11-digits-abc"
+CONFIGURATION = "vgg11-digits-abc"  # tests.store.test_store.identity's
 
 
 def test_the_online_statistic_alarms_where_the_batch_analysis_does(tmp_path):
@@ -62,18 +61,6 @@ def test_the_online_statistic_alarms_where_the_batch_analysis_does(tmp_path):
         OnlineCusum.from_trajectories(str(path), layer="out", calibration="x")
 
 
-def identity(run_id: str, eta: float) -> dict:
-    return dict(run_id=run_id, sweep_id="sw", configuration=CONFIGURATION, arch="vgg11", dataset="digits", eta=eta,
-                seed=1, role="noisy" if eta else "clean", head_layer="classifier", config="{}")
-
-
-def checkpoint(committed) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        z.writestr("committed", repr(committed))
-    return buffer.getvalue()
-
-
 def write_run(root: str, run_id: str, eta: float, seed: int, *, shift_at: int | None = None, pause: float = 0.0,
               wait_for_alarm: float = 0.0) -> None:
     """One run written as a worker writes it: a commit per snapshot, ``pause`` seconds apart;
@@ -91,7 +78,7 @@ def write_run(root: str, run_id: str, eta: float, seed: int, *, shift_at: int | 
             writer.log("snapshots", [dict(run_id=run_id, step=step, epoch=step / 100, layer="classifier",
                                           layer_index=0, numel=10, quantity="trace", value=value, stderr=0.1,
                                           probe_values=[value])])
-            writer.commit(step, checkpoint=checkpoint)
+            writer.commit(step, checkpoint=zipped)
             time.sleep(pause)
         if wait_for_alarm:
             deadline = time.monotonic() + wait_for_alarm
