@@ -32,6 +32,7 @@ class DamagedFile(StoreError):
     def __init__(self, path: str, problem: str, fix: str = "", *, raw: str | None = None):
         self.path, self.problem = path, problem
         self.raw = raw or path  # the path as the store's file system spells it
+        self.tag: str | None = None  # its version, where a compare-and-swap needs it (store.conditional)
         super().__init__(f"{path} is damaged: {problem}" + (f". {fix}" if fix else ""))
 
 

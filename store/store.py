@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from store import layout
+from store import conditional, layout
 from store.files import DamagedFile, Files, StoreError, parquet_bytes, read_parquet, sha256
 from store.schema import ALARMS_SCHEMA, IDENTITY, JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
 from store.schema import record as new_record
@@ -339,31 +339,49 @@ class Store:
         return alarms, damaged
 
     # -- the launch lock file (its protocol: sweep/lock.py) -----------------------------
+    # Compare-and-swap on one file (store.conditional): each call names the version it
+    # expects by the tag a read, create or replace returned.
     @property
     def lock_path(self) -> str:
         return self.files.path(layout.LOCK)
 
     def read_lock(self) -> dict | None:
         """The lock's content, None when there is none; raises DamagedFile when unreadable."""
-        data = self.files.read(self.lock_path)
-        if data is None:
+        found = self.read_lock_tagged()
+        return None if found is None else found[0]
+
+    def read_lock_tagged(self) -> tuple[dict, str] | None:
+        """The lock and its tag, None when there is none; raises DamagedFile (with ``tag``
+        set) when it cannot be read."""
+        found = conditional.read(self.files, self.lock_path)
+        if found is None:
             return None
+        data, tag = found
         try:
             lock = json.loads(data)
             if not isinstance(lock, dict) or not {"host", "pid", "token", "heartbeat"} <= set(lock):
                 raise ValueError("not a launch lock")
         except (ValueError, UnicodeDecodeError) as err:
-            raise DamagedFile(self.shown(self.lock_path), f"not a readable launch lock ({err})") from None
-        return lock
+            damaged = DamagedFile(self.shown(self.lock_path), f"not a readable launch lock ({err})")
+            damaged.tag = tag
+            raise damaged from None
+        return lock, tag
 
-    def create_lock(self, lock: dict) -> bool:
-        return self.files.create_exclusive(self.lock_path, json.dumps(lock).encode())
+    def create_lock(self, lock: dict) -> str | None:
+        """Write the lock unless there is one (atomic); its tag, or None."""
+        return conditional.create(self.files, self.lock_path, json.dumps(lock).encode())
+
+    def replace_lock(self, lock: dict, tag: str) -> str | None:
+        """Write the lock if it is still the version ``tag`` (atomic); its new tag, or None."""
+        return conditional.replace(self.files, self.lock_path, json.dumps(lock).encode(), tag)
 
     def write_lock(self, lock: dict) -> None:
+        """Write the lock unconditionally (object stores without conditional writes)."""
         self.files.write(self.lock_path, json.dumps(lock).encode())
 
-    def delete_lock(self) -> None:
-        self.files.delete(self.lock_path)
+    def delete_lock(self, tag: str) -> bool:
+        """Delete the lock if it is still the version ``tag``."""
+        return conditional.delete(self.files, self.lock_path, tag)
 
     # -- the reader API (analysis, status, export) ----------------------------------------
     def read_runs(self, run_ids: list[str] | None = None) -> tuple[pa.Table, list[RunHealth]]:

@@ -72,3 +72,47 @@ def s3_server():
     server.stop()
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def s3_process(tmp_path_factory):
+    """The cluster tests' S3 server (tests.cluster.s3server: moto, with S3's atomic conditional
+    writes and a request counter) in its own process on 127.0.0.1; yields its endpoint URL.
+    Its credentials are set in this process's environment, which child processes inherit."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests.cluster.s3server import CREDENTIALS
+
+    ready = tmp_path_factory.mktemp("s3") / "ready.json"
+    server = subprocess.Popen([sys.executable, "-m", "tests.cluster.s3server", "--ready", str(ready)])
+    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_EC2_METADATA_DISABLED"]}
+    os.environ.update(CREDENTIALS, AWS_EC2_METADATA_DISABLED="true")
+    try:
+        for _ in range(300):
+            if ready.exists() or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the S3 server did not start"
+        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def s3_requests(url: str, *, reset: bool = False) -> dict:
+    """The request counts of a tests.cluster.s3server (and set them to zero with ``reset``)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/_requests", method="DELETE" if reset else "GET")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
