@@ -4,6 +4,12 @@ Every write is atomic for readers: on a local disk the bytes go to a hidden temp
 name in the same folder, renamed into place (rename(2)); on S3 a single PUT, visible
 only when complete. Every read of a table checks what it got and names the file when it
 cannot be used (``DamagedFile``).
+
+On S3 a file written is one request: the file system is opened with
+``allow_delayed_open=true`` (pyarrow then sends a small file as one ``PutObject`` when it
+is closed, where it otherwise opens a multipart upload: three requests), and no folder
+is created first (S3 has none; pyarrow's ``create_dir`` writes marker objects). A commit
+of a run's snapshot is then four PUTs (docs/store.md counts every command's requests).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class Files:
     def __init__(self, uri: str):
         try:
             if "://" in uri:
-                self.fs, root = pafs.FileSystem.from_uri(uri)
+                self.fs, root = pafs.FileSystem.from_uri(_one_request_writes(uri))
             else:
                 self.fs, root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
         except (pa.ArrowException, OSError, ValueError) as err:
@@ -80,11 +86,11 @@ class Files:
         """Write ``data`` so that ``path`` shows either its old content or all of the new."""
         parent = path.rsplit("/", 1)[0]
         try:
-            self.fs.create_dir(parent, recursive=True)
             if not self.local:
                 with self.fs.open_output_stream(path) as out:
                     out.write(data)
                 return
+            self.fs.create_dir(parent, recursive=True)
             temp = _temporary(path)
             try:
                 with self.fs.open_output_stream(temp) as out:
@@ -97,15 +103,14 @@ class Files:
             raise self._write_error(path, err) from None
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create ``path`` with ``data`` unless it exists; True when created.
+        """Create ``path`` on a local disk with ``data`` unless it exists; True when created.
 
-        On a local disk the whole file is written under a temporary name and linked into
-        place with link(2), which fails when the name exists: never a half-written file.
-        An object store has no such primitive: the caller writes, waits and reads back.
+        The whole file is written under a temporary name and linked into place with
+        link(2), which fails when the name exists: never a half-written file. (On S3:
+        ``store.conditional``.)
         """
         if not self.local:
-            self.write(path, data)
-            return True
+            raise StoreError(f"create_exclusive is for a local store, not {self.uri}; use store.conditional")
         temp = _temporary(path)
         try:
             os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -124,8 +129,8 @@ class Files:
 
     def move(self, source: str, target: str) -> None:
         try:
-            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             if self.local:
+                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 self.fs.move(source, target)
             else:  # an object store moves by copy and delete
                 self.fs.copy_file(source, target)
@@ -198,6 +203,13 @@ class Files:
             raise StoreError(f"cannot list {self.shown(folder)}: {err}") from None
         return [Entry(i.path, i.size) for i in infos
                 if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+
+
+def _one_request_writes(uri: str) -> str:
+    """An ``s3://`` URI with ``allow_delayed_open=true`` unless it sets it (see above)."""
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def _temporary(path: str) -> str:

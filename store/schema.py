@@ -41,13 +41,14 @@ IDENTITY = [
 ]
 # Columns added to version 2 after it first shipped: a file written before has none,
 # and is read with them null (``files.read_parquet``); nothing else changed, so no migration.
-ADDED = {"axes", "distance"}
+ADDED = {"axes", "distance", "node"}
 RUNS_SCHEMA = pa.schema(
     [
         *IDENTITY,
         ("status", pa.string()),  # one of STATUSES
         ("attempt", pa.int32()),
-        ("host", pa.string()),
+        ("host", pa.string()),  # the machine's hostname
+        ("node", pa.string()),  # on Ray: the node's address and id ("10.0.0.5 ray:1a2b3c4d5e6f"); else null
         ("device", pa.string()),
         ("started_at", TIME),
         ("ended_at", TIME),
@@ -163,8 +164,8 @@ def record(identity: dict, **fields) -> dict:
     missing = [name for name, _ in IDENTITY if name not in identity and name not in ADDED]
     if missing:
         raise ValueError(f"a run's identity lacks {missing}")
-    empty = {"status": "pending", "attempt": 0, "host": None, "device": None, "started_at": None, "ended_at": None,
-             "heartbeat_at": None, "error": None, "step": 0, "total_steps": None, "committed": [],
+    empty = {"status": "pending", "attempt": 0, "host": None, "node": None, "device": None, "started_at": None,
+             "ended_at": None, "heartbeat_at": None, "error": None, "step": 0, "total_steps": None, "committed": [],
              "final_metrics": {}}
     unknown = set(fields) - set(empty)
     if unknown:

@@ -3,7 +3,7 @@
     writer = RunWriter(store, identity)           # identity: schema.IDENTITY columns
     if writer.finished(): ...                     # done before: nothing to do
     with writer:                                  # any exception: the record says failed, and why
-        saved = writer.begin(host=...)            # record `running` before set-up; checkpoint bytes
+        saved = writer.begin(host=..., node=...)  # record `running` before set-up; checkpoint bytes
         ...set-up (data, device, model)...        # a failure here is recorded like any other
         writer.start(total_steps=..., device=..., step=..., committed=..., head_layer=...)
         writer.log("snapshots", rows); writer.log("metrics", rows); writer.heartbeat()
@@ -51,9 +51,10 @@ class RunWriter:
             return None
         return existing if existing and existing["status"] == "done" else None
 
-    def begin(self, *, host: str) -> bytes | None:
+    def begin(self, *, host: str, node: str | None = None) -> bytes | None:
         """Open a new attempt: the record says ``running`` before any set-up, so a set-up
-        failure is recorded too. Returns the checkpoint's bytes, None when there is none.
+        failure is recorded too; ``host`` and ``node`` say where it runs. Returns the
+        checkpoint's bytes, None when there is none.
         A damaged record is set aside (the checkpoint lists what was committed)."""
         try:
             previous = self.store.read_record(self.run_id)
@@ -62,7 +63,7 @@ class RunWriter:
             previous = None
         self.record = record(
             self.identity, status="running", attempt=self.store.next_attempt(self.run_id, previous), host=host,
-            started_at=now(), heartbeat_at=now(),
+            node=node, started_at=now(), heartbeat_at=now(),
             # committed data stay visible while this attempt sets up
             step=(previous or {}).get("step") or 0, committed=list((previous or {}).get("committed") or []),
             total_steps=(previous or {}).get("total_steps"),

@@ -21,11 +21,14 @@ from sweep.lock import locked
 
 
 def run_task(config: dict, store_uri: str, threads: int) -> dict:
-    """What a Ray worker executes for one run."""
+    """What a Ray worker executes for one run; its record names the node it ran on."""
+    import ray
+
     from workers.train import train
 
     config = {**config, "runtime": {**config["runtime"], "threads": threads}}  # runtime: not part of the run id
-    return train(config, Store.open(store_uri))
+    node = f"{ray.util.get_node_ip_address()} ray:{ray.get_runtime_context().get_node_id()[:12]}"
+    return train(config, Store.open(store_uri), node=node)
 
 
 def _start_ray(cluster: dict) -> bool:

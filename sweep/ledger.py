@@ -169,6 +169,12 @@ class RunState:
     total_steps: int | None
     error: str | None
     heartbeat_age: float | None  # seconds since the last heartbeat of a running run
+    where: str | None = None  # the host (and cluster node) of its last attempt; None before any
+
+    @staticmethod
+    def where_of(record: dict | None) -> str | None:
+        host, node = (record or {}).get("host"), (record or {}).get("node")
+        return None if host is None else f"{host} ({node})" if node else host
 
 
 def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float) -> list[RunState]:
@@ -185,7 +191,8 @@ def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float
             result.append(RunState(health.run_id, *(None if row is None else row[k] for k in
                                                      ("arch", "dataset", "eta", "configuration")),
                                    _axes(row), "damaged", (row or {}).get("attempt") or 0, (row or {}).get("step") or 0,
-                                   (row or {}).get("total_steps"), str(health.problems[0]), None))
+                                   (row or {}).get("total_steps"), str(health.problems[0]), None,
+                                   RunState.where_of(row)))
             continue
         age = None
         state = row["status"]
@@ -195,7 +202,8 @@ def states(store: Store, run_ids: list[str] | None = None, *, stale_after: float
                 state = "stuck"
         result.append(RunState(health.run_id, row["arch"], row["dataset"], row["eta"], row["configuration"],
                                _axes(row), state,
-                               row["attempt"], row["step"], row["total_steps"], row["error"], age))
+                               row["attempt"], row["step"], row["total_steps"], row["error"], age,
+                               RunState.where_of(row)))
     return result
 
 

@@ -47,6 +47,14 @@ def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tup
     totals = Counter(run.state for run in runs)
     totals["pending"] += missing
     lines.append("total: " + ", ".join(f"{totals[s]} {s}" for s in STATES))
+    places: dict[str, Counter] = defaultdict(Counter)
+    for run in runs:
+        if run.where is not None:
+            places[run.where][run.state] += 1
+    if places:
+        lines.append("where the runs ran (host, and node on a Ray cluster; a run's last attempt):")
+        lines += [f"  {where}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+                  for where, counts in sorted(places.items())]
     for state, heading in (
         ("failed", "failed runs:"),
         ("damaged", f"damaged runs (a file they need cannot be read; `sweep resume store={store.uri}` sets it "
@@ -55,13 +63,15 @@ def report(store: Store, *, stale_after: float, sweep: str | None = None) -> tup
         chosen_runs = [run for run in runs if run.state == state]
         if chosen_runs:
             lines.append(heading)
-            lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}): {r.error}" for r in chosen_runs]
+            lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}, on {r.where or '?'}): {r.error}"
+                      for r in chosen_runs]
     stuck = [run for run in runs if run.state == "stuck"]
     if stuck:
         lines.append(f"stuck runs (running, no heartbeat for over {stale_after:.0f} s: their driver or worker died; "
                      f"`sweep resume store={store.uri}` continues them from their last checkpoint):")
-        lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}/{r.total_steps}, last heartbeat "
-                  f"{'never' if r.heartbeat_age is None else f'{r.heartbeat_age:.0f} s ago'})" for r in stuck]
+        lines += [f"  {r.run_id} (attempt {r.attempt}, step {r.step}/{r.total_steps}, on {r.where or '?'}, "
+                  f"last heartbeat {'never' if r.heartbeat_age is None else f'{r.heartbeat_age:.0f} s ago'})"
+                  for r in stuck]
     alarms, damaged = store.read_alarms(chosen.run_ids)
     if alarms.num_rows:
         lines.append(f"alarms raised while training (`sweep watch`): {alarms.num_rows}")

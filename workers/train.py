@@ -140,15 +140,17 @@ def exact_head(rows: list[dict], exact) -> list[dict]:
                    for quantity, value in values.items()]
 
 
-def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | None = None) -> dict:
+def train(run_config: dict, store: Store, *, on_step: Callable[[int], None] | None = None,
+          node: str | None = None) -> dict:
     """Train one run into ``store``; return its summary. ``on_step(step)`` is called
-    after every optimisation step (the tests inject crashes with it)."""
+    after every optimisation step (the tests inject crashes with it); ``node`` names the
+    cluster node it runs on, for its record."""
     config = validate(run_config)  # a config that cannot run is refused before anything is written
     writer = RunWriter(store, identity(config))
     if (finished := writer.finished()) is not None:
         return _summary(finished)  # launching twice does nothing new
     with writer:  # from here on, any failure (set-up included) is recorded with its reason
-        saved = writer.begin(host=socket.gethostname())
+        saved = writer.begin(host=socket.gethostname(), node=node)
         return _run(config, writer, saved, on_step)
 
 

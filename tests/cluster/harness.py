@@ -11,7 +11,9 @@ namespace with loopback and one veth whose other end is a port of that bridge. H
 get addresses in ``10.213.7.0/24`` and no route anywhere else, and the machine's own
 namespace gets no address in that range, so nothing sent inside this network can leave
 it and nothing outside can reach it. Every command runs with its own UTS namespace set to
-the host's name (``socket.gethostname()`` differs per host, as on real machines).
+the host's name (``socket.gethostname()`` differs per host, as on real machines), and
+sees an ``/etc/hosts`` that names every host of the network (``/etc/netns/<namespace>/hosts``
+mounted over it in a mount namespace of its own), so names resolve as on a cluster.
 
 Clean-up. ``close()`` kills every process in each namespace and deletes the namespaces
 (which removes their veths and the bridge); it runs on leaving the ``with`` block, at
@@ -46,8 +48,9 @@ def unavailable() -> str | None:
     """Why network namespaces cannot be made here, or None when they can."""
     if shutil.which("ip") is None:
         return "the `ip` command (Debian's iproute2) is not installed"
-    if shutil.which("unshare") is None:
-        return "the `unshare` command (util-linux) is not installed"
+    for command in ("unshare", "nsenter"):
+        if shutil.which(command) is None:
+            return f"the `{command}` command (util-linux) is not installed"
     if os.geteuid() != 0:
         return "making network namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); run as root"
     probe = f"{PREFIX}{os.getpid()}-probe"
@@ -80,6 +83,7 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_namespace(name: str) -> None:
+    shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
     for _ in range(50):
         pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
         if not pids:
@@ -101,9 +105,13 @@ class Host:
         self.netns = f"{network.tag}-{name}"
 
     def argv(self, *command: str) -> list[str]:
-        """``command`` inside this host: its network namespace and a UTS namespace named after it."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
-                f'hostname {self.name} && exec "$@"', "sh", *command]
+        """``command`` inside this host: its network namespace, a UTS namespace named after it,
+        and a mount namespace where /etc/hosts names the network's hosts. (Not ``ip netns
+        exec``, which also mounts a sysfs of its own and so hides /sys/fs/cgroup, which
+        slurmd needs.)"""
+        hosts = f"/etc/netns/{self.netns}/hosts"
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--uts", "--mount", "sh", "-c",
+                f'mount --bind {hosts} /etc/hosts && hostname {self.name} && exec "$@"', "sh", *command]
 
     def run(self, *command: str, env: dict | None = None, check: bool = True, timeout: float | None = 600,
             **kwargs) -> subprocess.CompletedProcess:
@@ -177,7 +185,19 @@ class Network:
                         ["ip", "addr", "add", f"{host.address}/24", "dev", "eth0"],
                         ["ip", "link", "set", "eth0", "up"]):
             _ip("netns", "exec", host.netns, *command)
+        self._write_hosts()
         return host
+
+    def _write_hosts(self) -> None:
+        """Every host's /etc/hosts names all of them; rewritten in place, so processes that
+        already mounted it see the new names too."""
+        text = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.name}\n" for h in self.hosts.values())
+        for host in self.hosts.values():
+            os.makedirs(f"/etc/netns/{host.netns}", exist_ok=True)
+            with open(f"/etc/netns/{host.netns}/hosts", "a+") as f:
+                f.seek(0)
+                f.truncate()
+                f.write(text)
 
     def close(self) -> None:
         if self.closed:

@@ -7,7 +7,7 @@
   threads can both pass. Writes (PUT, POST, DELETE) are served one at a time here, which
   gives moto S3's atomicity; reads stay concurrent.
 - **Request counts.** ``GET /_requests`` answers ``{"total": N, "GET": .., "LIST": .., ...}``
-  (not counted itself); ``DELETE /_requests`` sets them to zero.
+  (not counted itself); ``DELETE /_requests`` answers the same and sets them to zero.
 - **An outage.** ``SIGUSR1`` stops serving (the port closes, connections are refused) and
   ``SIGUSR2`` serves again on the same port. The objects stay in this process's memory
   meanwhile, as a real S3 service keeps them through an outage.
@@ -40,10 +40,10 @@ class Counted:
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if path == "/_requests":
-            with self.guard:
+            with self.guard:  # the counts so far; DELETE also sets them to zero
+                body = json.dumps({"total": sum(self.counts.values()), **self.counts}).encode()
                 if method == "DELETE":
                     self.counts.clear()
-                body = json.dumps({"total": sum(self.counts.values()), **self.counts}).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         query = environ.get("QUERY_STRING", "")
