@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test cluster bench clean
 
 # torch first, pinned: pip takes the CPU wheel already on disk on a machine
 # without a GPU and the CUDA build on a GPU host. The project's own range
@@ -26,6 +26,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The cluster suite (tests/cluster, docs/cluster.md): Ray nodes started with `ray start` on
+# hosts of their own (Linux network namespaces), the store on an S3 server, faults mid-sweep,
+# Slurm running docker/slurm.sbatch. Needs root; installs Debian's Slurm, munge and
+# libfaketime when they are missing. Without root every test skips and says why.
+CLUSTER_PACKAGES := iproute2 util-linux slurm-wlm munge faketime
+cluster: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(CLUSTER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; fi
+	$(PY) -m pytest -m cluster tests/cluster -v
+
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_curvature
 	$(PY) -m tests.benchmarks.bench_monitor
@@ -34,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_analysis
 	$(PY) -m tests.benchmarks.bench_worker
 	$(PY) -m tests.benchmarks.bench_sweep
+	$(PY) -m tests.benchmarks.bench_store_scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,7 +31,7 @@ RAY_PORT = 6379
 OBJECT_STORE = str(100 * 2**20)  # bytes of shared memory per node: runs pass nothing large through Ray
 
 
-def _ray() -> str:
+def ray_command() -> str:
     found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if found is None:
         raise RuntimeError("the `ray` command is not installed beside this Python")
@@ -96,14 +96,14 @@ class Cluster:
         return [f"cluster.address={self.address}", f"cluster.node_ip_address={self.head.address}"]
 
     def start_head(self) -> None:
-        self.head.run(_ray(), "start", "--head", f"--node-ip-address={self.head.address}", f"--port={RAY_PORT}",
+        self.head.run(ray_command(), "start", "--head", f"--node-ip-address={self.head.address}", f"--port={RAY_PORT}",
                       "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
                       f"--object-store-memory={OBJECT_STORE}", env=self.env, timeout=120)
 
     def start_node(self, name: str, *, prefix: tuple[str, ...] = ()) -> None:
         host, (cpus, gpus) = self.workers[name], self.resources[name]
         env = {**self.env, **self.worker_env.get(name, {})}
-        host.run(*prefix, _ray(), "start", f"--address={self.address}", f"--node-ip-address={host.address}",
+        host.run(*prefix, ray_command(), "start", f"--address={self.address}", f"--node-ip-address={host.address}",
                  f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--disable-usage-stats",
                  f"--object-store-memory={OBJECT_STORE}", env=env, timeout=120)
         self.wait_for_nodes()
@@ -139,11 +139,10 @@ class Cluster:
         return json.loads(out.read_text())
 
     def close(self) -> None:
-        for host in [*self.workers.values(), self.head]:
-            if host.pids():
-                host.run(_ray(), "stop", "--force", env=self.env, check=False, timeout=60)
-        if self.s3_server is not None:
-            self.s3.kill_all(signal.SIGTERM)
+        """Every process of every host killed. (Not `ray stop`: it finds Ray's processes by
+        name on the whole machine, so on one host it would stop every node.)"""
+        for host in [*self.workers.values(), self.head, self.s3]:
+            host.kill_all()
 
 
 def _wait(condition, timeout: float, what: str) -> None:

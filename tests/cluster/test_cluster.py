@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
+from datetime import datetime
 
 import pytest
 import torch
@@ -194,3 +196,27 @@ def test_the_store_server_down_for_25_s_mid_sweep(cluster, reference):
         resume = cluster.sweep("resume", f"store={store}")
         assert resume.returncode == 0, clean(resume)
     assert_identical(cluster.dump(store), reference)
+
+
+def test_a_worker_whose_clock_is_four_minutes_behind(cluster, reference):
+    """Network namespaces share the machine's clock (Linux time namespaces shift only the
+    monotonic and boot clocks), so worker2's wall clock is set back with libfaketime
+    (Debian's faketime), preloaded into every process of its Ray node."""
+    if shutil.which("faketime") is None:
+        pytest.skip("no per-host clock here: libfaketime is not installed (as root: `apt-get install faketime`)")
+    store = fresh_store("clock")
+    cluster.kill_node("worker2")
+    skew = ("env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", "-240s")
+    try:
+        cluster.start_node("worker2", prefix=skew)
+        launch = cluster.sweep("launch", *ARGS, f"store={store}", *cluster.overrides)
+        assert launch.returncode == 0, clean(launch)
+        found = cluster.dump(store)
+        assert_identical(found, reference)
+        starts = {r["host"]: datetime.fromisoformat(r["started_at"]) for r in found["records"]}
+        assert 200 < (starts["worker1"] - starts["worker2"]).total_seconds() < 280  # the skew took effect
+        status = cluster.sweep("status", f"store={store}")
+        assert "0 stuck, 6 done" in clean(status)
+    finally:
+        cluster.kill_node("worker2")
+        cluster.start_node("worker2")

@@ -16,8 +16,10 @@ FILES = ["Dockerfile", "compose.yaml", "kuberay.yaml", "slurm.sbatch", "README.m
 
 
 def sweep_commands(text):
-    """Every `sweep SUBCOMMAND ...` in a file, shell variables replaced by plain paths."""
-    text = re.sub(r'"?\$\{?(\w+)[^"\s]*"?', lambda m: "/" + m.group(1).lower(), text)
+    """Every `sweep SUBCOMMAND ...` in a file, shell variables replaced by their defaults where
+    the file sets one (NAME=${NAME:-default}), else by plain paths."""
+    defaults = dict(re.findall(r"^(\w+)=\$\{\1:-([^}$]*)\}$", text, flags=re.M))
+    text = re.sub(r'"?\$\{?(\w+)[^"\s]*"?', lambda m: defaults.get(m.group(1), "/" + m.group(1).lower()), text)
     found = re.findall(r"\bsweep ([a-z-]+)((?: [^\s`'\"=]+=[^\s`'\"]*)+)", text)  # with key=value arguments
     return [(command, shlex.split(rest)) for command, rest in found if command != "--help"]
 
