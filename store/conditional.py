@@ -126,7 +126,8 @@ class _S3:
 
     def _call(self, operation: str, **arguments):
         """The request's answer; None when its precondition failed (412) or there is no such key (404)."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as Unreachable
 
         shown = f"s3://{arguments['Bucket']}/{arguments['Key']}"
         for attempt in range(5):
@@ -145,9 +146,32 @@ class _S3:
                                       f"({code or status})") from None
                 raise StoreError(f"cannot use {shown}: {err}; check that the store is reachable and "
                                  "writable") from None
-            except BotoCoreError as err:
-                raise StoreError(f"cannot reach {shown}: {err}; check that the store is reachable") from None
-        return None
+            except (Unreachable, HTTPClientError):  # not reached: the store's patience (files.RETRY_SECONDS)
+                break
+            except BotoCoreError as err:  # no credentials, a bad endpoint, ...
+                raise StoreError(f"cannot use {shown}: {err}") from None
+        else:
+            return None
+        try:
+            return self.files.patiently(lambda: self._once(operation, arguments))
+        except OSError as err:
+            raise StoreError(f"cannot reach {shown}: {err}; check that the store is reachable") from None
+
+    def _once(self, operation: str, arguments: dict):
+        """One more try after a connection error; a connection error again is raised as an
+        OSError for ``Files.patiently`` to retry. A precondition failed now may be this
+        request's own earlier try, which did arrive: the lock reads the file back to see."""
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as Unreachable
+
+        try:
+            return getattr(self.client, operation)(**arguments)
+        except (Unreachable, HTTPClientError) as err:
+            raise OSError(f"Could not connect: {err}") from None
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 412):
+                return None
+            raise OSError(str(err)) from None
 
     def put(self, path: str, data: bytes, **condition) -> str | None:
         bucket, key = self._key(path)

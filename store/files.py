@@ -10,6 +10,12 @@ On S3 a file written is one request: the file system is opened with
 is closed, where it otherwise opens a multipart upload: three requests), and no folder
 is created first (S3 has none; pyarrow's ``create_dir`` writes marker objects). A commit
 of a run's snapshot is then four PUTs (docs/store.md counts every command's requests).
+
+An object store that cannot be reached (connection refused, a timeout, 500/503, SlowDown) is
+asked again with growing pauses for up to ``RETRY_SECONDS`` (120 s; the environment variable
+``SWEEP_STORE_RETRY_SECONDS`` changes it) before the error is raised, with one warning on
+stderr: a run rides out a short outage of its store and goes on where it was. Every request
+retried is idempotent (a whole-object PUT, GET, HEAD, LIST or DELETE).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from store.schema import ADDED
+
+RETRY_SECONDS = float(os.environ.get("SWEEP_STORE_RETRY_SECONDS", "120"))
+_TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused", "timed out", "Timeout",
+              "SERVICE_UNAVAILABLE", "Service Unavailable", "SlowDown", "INTERNAL_FAILURE", "InternalError",
+              "Connection reset", "connection was closed")
 
 
 class StoreError(RuntimeError):
@@ -74,6 +87,25 @@ class Files:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def patiently(self, call):
+        """``call()``; on an object store that cannot be reached, again after growing pauses
+        for up to RETRY_SECONDS (see the module's docstring)."""
+        if self.local:
+            return call()
+        deadline, pause, warned = time.monotonic() + RETRY_SECONDS, 1.0, False
+        while True:
+            try:
+                return call()
+            except (OSError, pa.ArrowException) as err:
+                if not any(marker in str(err) for marker in _TRANSIENT) or time.monotonic() + pause > deadline:
+                    raise
+                if not warned:
+                    print(f"warning: the store {self.uri} cannot be reached ({str(err).splitlines()[0][:200]}); "
+                          f"asking again for up to {RETRY_SECONDS:.0f} s", file=sys.stderr, flush=True)
+                    warned = True
+                time.sleep(pause)
+                pause = min(2 * pause, 15.0)
+
     def relative(self, path: str) -> str:
         return path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
 
@@ -87,8 +119,10 @@ class Files:
         parent = path.rsplit("/", 1)[0]
         try:
             if not self.local:
-                with self.fs.open_output_stream(path) as out:
-                    out.write(data)
+                def put() -> None:
+                    with self.fs.open_output_stream(path) as out:
+                        out.write(data)
+                self.patiently(put)
                 return
             self.fs.create_dir(parent, recursive=True)
             temp = _temporary(path)
@@ -133,14 +167,14 @@ class Files:
                 self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 self.fs.move(source, target)
             else:  # an object store moves by copy and delete
-                self.fs.copy_file(source, target)
-                self.fs.delete_file(source)
+                self.patiently(lambda: self.fs.copy_file(source, target))
+                self.patiently(lambda: self.fs.delete_file(source))
         except OSError as err:
             raise self._write_error(target, err) from None
 
     def delete(self, path: str) -> None:
         try:
-            self.fs.delete_file(path)
+            self.patiently(lambda: self.fs.delete_file(path))
         except FileNotFoundError:
             pass
         except OSError as err:
@@ -148,8 +182,8 @@ class Files:
 
     def delete_tree(self, folder: str) -> None:
         try:
-            if self.fs.get_file_info(folder).type != pafs.FileType.NotFound:
-                self.fs.delete_dir(folder)
+            if self.patiently(lambda: self.fs.get_file_info(folder)).type != pafs.FileType.NotFound:
+                self.patiently(lambda: self.fs.delete_dir(folder))
         except OSError as err:
             raise self._write_error(folder, err) from None
 
@@ -167,9 +201,11 @@ class Files:
     # -- reading ----------------------------------------------------------------------
     def read(self, path: str) -> bytes | None:
         """The whole file, or None when there is none."""
-        try:
+        def get() -> bytes:
             with self.fs.open_input_stream(path) as f:
                 return f.read()
+        try:
+            return self.patiently(get)
         except FileNotFoundError:
             return None
         except (OSError, pa.ArrowException) as err:
@@ -179,18 +215,18 @@ class Files:
 
     def open_input_file(self, path: str):
         """A seekable handle (for zip archives: their directory is at the end)."""
-        return self.fs.open_input_file(path)
+        return self.patiently(lambda: self.fs.open_input_file(path))
 
     def exists(self, path: str) -> bool:
         try:
-            return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+            return self.patiently(lambda: self.fs.get_file_info(path)).type != pafs.FileType.NotFound
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot reach {self.shown(path)}: {err}") from None
 
     def size(self, path: str) -> int | None:
         """The file's size now, None when there is none."""
         try:
-            info = self.fs.get_file_info(path)
+            info = self.patiently(lambda: self.fs.get_file_info(path))
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot reach {self.shown(path)}: {err}") from None
         return None if info.type == pafs.FileType.NotFound else info.size
@@ -198,7 +234,8 @@ class Files:
     def list(self, folder: str, *, recursive: bool = False) -> list[Entry]:
         """Files under ``folder`` (none when it does not exist); hidden temporaries left out."""
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=recursive, allow_not_found=True))
+            selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+            infos = self.patiently(lambda: self.fs.get_file_info(selector))
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot list {self.shown(folder)}: {err}") from None
         return [Entry(i.path, i.size) for i in infos

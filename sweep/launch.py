@@ -128,9 +128,13 @@ def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked
                 reason = record.get("error") if record.get("status") == "failed" else None
                 failed[rid] = reason or f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
                 print(f"FAILED {rid} (attempt {record.get('attempt')}): {failed[rid]}", file=out, flush=True)
-        if lock is not None:
-            lock.refresh()
-        running = sum(s.state == "running" for s in states(store, list(pending.values()), stale_after=1e9))
+        try:
+            if lock is not None:
+                lock.refresh()
+            running = sum(s.state == "running" for s in states(store, list(pending.values()), stale_after=1e9))
+        except StoreError as err:  # the store is down: the runs wait for it (store.files.RETRY_SECONDS), so do we
+            print(f"warning: cannot read the store's progress ({err}); the runs go on", file=out, flush=True)
+            running = 0
         elapsed = time.monotonic() - begin
         left = f", ~{_duration(elapsed / done * (total - done - len(failed)))} left" if done else ""
         line = f"{done}/{total} done, {running} running, {len(failed)} failed, {len(pending) - running} queued"

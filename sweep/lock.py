@@ -85,6 +85,9 @@ class locked:
             if found is None:
                 continue  # released between our create and our read: try again
             current, tag = found
+            if current.get("token") == self.owner["token"]:  # our own create, retried after a lost answer
+                self.tag = tag
+                return self
             if current and not _is_stale(current, self.stale_after):
                 raise StoreError(_message(current, self.store.uri))
             self.tag = self.store.replace_lock(owner, tag)  # only one of several racers takes it over
@@ -115,6 +118,10 @@ class locked:
             self.store.write_lock({**self.owner, "heartbeat": time.time()})
             return
         if self.tag is None:
+            found = self._current()
+            if found is not None and found[0].get("token") == self.owner["token"]:
+                self.tag = found[1]  # our own write, retried after a lost answer
+                return
             print(f"warning: another driver took over the launch lock of {self.store.uri} (this one's heartbeat "
                   f"was over {self.stale_after:.0f} s old); runs already submitted go on, and the store's "
                   "commit protocol keeps their data consistent", file=self.out, flush=True)

@@ -77,8 +77,11 @@ def s3_server():
 @pytest.fixture(scope="session")
 def s3_process(tmp_path_factory):
     """The cluster tests' S3 server (tests.cluster.s3server: moto, with S3's atomic conditional
-    writes and a request counter) in its own process on 127.0.0.1; yields its endpoint URL.
-    Its credentials are set in this process's environment, which child processes inherit."""
+    writes, a request counter, an outage switch) in its own process on 127.0.0.1; yields its
+    ``url`` and ``pid``. Its credentials are set in this process's environment, which child
+    processes inherit."""
+    from types import SimpleNamespace
+
     import json
     import subprocess
     import sys
@@ -96,8 +99,8 @@ def s3_process(tmp_path_factory):
                 break
             time.sleep(0.1)
         assert ready.exists(), "the S3 server did not start"
-        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
-        yield url
+        found = json.loads(ready.read_text())
+        yield SimpleNamespace(url=f"http://127.0.0.1:{found['port']}", pid=found["pid"])
     finally:
         server.terminate()
         server.wait(30)
