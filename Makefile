@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test cluster bench clean
+.PHONY: demo test cluster cluster-docker bench clean
 
 # torch first, pinned: pip takes the CPU wheel already on disk on a machine
 # without a GPU and the CUDA build on a GPU host. The project's own range
@@ -37,6 +37,12 @@ cluster: $(STAMP)
 	  if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; fi
 	$(PY) -m pytest -m cluster tests/cluster -v
+
+# docker/Dockerfile built and docker/compose.yaml's smoke launch run in containers (not in .ci/run:
+# a Docker engine, a CUDA build of torch, minutes of downloads). docs/cluster.md, "In Docker".
+cluster-docker: $(STAMP)
+	tests/cluster/docker_image.sh
+	$(PY) -m pytest -m cluster tests/cluster/test_compose.py -v
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_curvature

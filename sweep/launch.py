@@ -107,12 +107,21 @@ def drive(store: Store, runs: dict[str, dict], cluster: dict, *, lock: locked | 
             ray.shutdown()
 
 
+# How often the driver reads the store while it waits. Counting the running runs reads every
+# pending run's record (a HEAD and a GET each on S3), so the pause grows with the runs: the
+# driver's load on the store stays under 2 / POLL_SECONDS_PER_RUN = 100 requests a second
+# however large the sweep (docs/cluster.md). The lock is refreshed well within its 60 s.
+POLL_SECONDS_PER_RUN = 0.02
+LOCK_REFRESH_SECONDS = 10.0
+
+
 def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked | None, out) -> int:
     """Wait for the runs, reporting failures as they happen and progress as it changes."""
     import ray
 
     begin, last_line, last_print = time.monotonic(), None, 0.0
-    done, failed = 0, {}
+    last_poll = last_refresh = float("-inf")
+    done, failed, running = 0, {}, 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=cluster["progress_every"])
         for ref in ready:
@@ -128,13 +137,17 @@ def _follow(store: Store, pending: dict, total: int, cluster: dict, lock: locked
                 reason = record.get("error") if record.get("status") == "failed" else None
                 failed[rid] = reason or f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
                 print(f"FAILED {rid} (attempt {record.get('attempt')}): {failed[rid]}", file=out, flush=True)
+        moment = time.monotonic()
         try:
-            if lock is not None:
+            if lock is not None and moment - last_refresh >= LOCK_REFRESH_SECONDS:
                 lock.refresh()
-            running = sum(s.state == "running" for s in states(store, list(pending.values()), stale_after=1e9))
+                last_refresh = moment
+            if moment - last_poll >= max(cluster["progress_every"], POLL_SECONDS_PER_RUN * len(pending)):
+                running = sum(s.state == "running" for s in states(store, list(pending.values()), stale_after=1e9))
+                last_poll = moment
         except StoreError as err:  # the store is down: the runs wait for it (store.files.RETRY_SECONDS), so do we
             print(f"warning: cannot read the store's progress ({err}); the runs go on", file=out, flush=True)
-            running = 0
+        running = min(running, len(pending))
         elapsed = time.monotonic() - begin
         left = f", ~{_duration(elapsed / done * (total - done - len(failed)))} left" if done else ""
         line = f"{done}/{total} done, {running} running, {len(failed)} failed, {len(pending) - running} queued"

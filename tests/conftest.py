@@ -80,12 +80,11 @@ def s3_process(tmp_path_factory):
     writes, a request counter, an outage switch) in its own process on 127.0.0.1; yields its
     ``url`` and ``pid``. Its credentials are set in this process's environment, which child
     processes inherit."""
-    from types import SimpleNamespace
-
     import json
     import subprocess
     import sys
     import time
+    from types import SimpleNamespace
 
     from tests.cluster.s3server import CREDENTIALS
 
