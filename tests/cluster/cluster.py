@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cluster.harness import Network
+from tests.cluster.harness import Network, wait_for
 from tests.cluster.s3server import CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ class Cluster:
         self.s3_server = self.s3.popen(sys.executable, "-m", "tests.cluster.s3server", "--host", self.s3.address,
                                        "--port", str(S3_PORT), "--bucket", "sweeps", "--ready", str(ready),
                                        env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        _wait(ready.exists, 60, "the S3 server to start")
+        wait_for(ready.exists, 60, "the S3 server to start")
         self.s3_pid = json.loads(ready.read_text())["pid"]
 
     def s3_outage(self, seconds: float) -> None:
@@ -120,7 +120,7 @@ class Cluster:
 
     def wait_for_nodes(self, timeout: float = 90) -> None:
         want = {h.address for h in self.workers.values() if h.pids()} | {self.head.address}
-        _wait(lambda: want <= set(self.alive_nodes()), timeout, f"Ray nodes {sorted(want)}")
+        wait_for(lambda: want <= set(self.alive_nodes()), timeout, f"Ray nodes {sorted(want)}")
 
     # -- the sweep command, on the head -------------------------------------------------------
     def sweep(self, *words: str, timeout: float = 900, host=None) -> subprocess.CompletedProcess:
@@ -144,11 +144,3 @@ class Cluster:
         for host in [*self.workers.values(), self.head, self.s3]:
             host.kill_all()
 
-
-def _wait(condition, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -82,6 +82,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def wait_for(condition, timeout: float, what: str, *, every: float = 0.5):
+    """``condition()``'s first true value, asked every ``every`` seconds for up to ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def _kill_namespace(name: str) -> None:
     shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
     for _ in range(50):

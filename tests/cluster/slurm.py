@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cluster.harness import Network
+from tests.cluster.harness import Network, wait_for
 
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sacct", "scontrol")
 
@@ -83,14 +83,14 @@ class Slurm:
                        f"--pid-file={spool / 'munge' / 'munged.pid'}", f"--log-file={spool / 'log' / 'munged.log'}",
                        f"--seed-file={spool / 'munge' / 'seed'}", stdout=subprocess.DEVNULL,
                        stderr=subprocess.STDOUT)
-        self._wait(self.munge_socket.exists, 30, "munged")
+        wait_for(self.munge_socket.exists, 30, "munged")
         self.ctl.popen(_sbin("slurmctld"), "-D", "-f", str(self.conf), env=self.env,
                        stdout=open(self.workdir / "slurmctld.out", "wb"), stderr=subprocess.STDOUT)
-        self._wait(lambda: self.scontrol("ping").returncode == 0, 60, "slurmctld")
+        wait_for(lambda: self.scontrol("ping").returncode == 0, 60, "slurmctld")
         for node in self.nodes:
             node.popen(_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", node.name, env=self.env,
                        stdout=open(self.workdir / f"slurmd-{node.name}.out", "wb"), stderr=subprocess.STDOUT)
-        self._wait(self._nodes_idle, 90, "the slurmd nodes to register")
+        wait_for(self._nodes_idle, 90, "the slurmd nodes to register")
 
     def scontrol(self, *words: str) -> subprocess.CompletedProcess:
         return self.ctl.run("scontrol", *words, env=self.env, check=False, timeout=60)
@@ -119,12 +119,3 @@ class Slurm:
             time.sleep(2)
         self.scontrol("cancel", job)
         return "TIMEOUT (cancelled by the test)"
-
-    @staticmethod
-    def _wait(condition, timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if condition():
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -16,15 +16,13 @@ import time
 from datetime import datetime
 
 import pytest
-import torch
 
-from store import Store
 from sweep.grid import expand
-from sweep.ledger import register
 from tests.cluster import harness
 from tests.cluster.cluster import Cluster
 from tests.cluster.dump import dump
-from workers.train import train
+from tests.cluster.harness import wait_for
+from tests.reference import train_sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -51,15 +49,7 @@ def cluster(tmp_path_factory):
 def reference(tmp_path_factory):
     """The same sweep trained in this process, run by run, uninterrupted, on a local disk."""
     path = str(tmp_path_factory.mktemp("reference") / "store")
-    sweep = expand(ARGS)
-    store = Store.open(path, create=True)
-    register(store, sweep, ARGS)
-    threads = torch.get_num_threads()
-    try:
-        for config in sweep.runs.values():
-            train({**config, "runtime": {**config["runtime"], "threads": 1}}, store)
-    finally:
-        torch.set_num_threads(threads)
+    train_sweep(ARGS, path)
     return json.loads(json.dumps(dump(path), default=str))
 
 
@@ -92,16 +82,6 @@ def assert_identical(found: dict, reference: dict) -> None:
     assert all(r["status"] == "done" for r in found["records"])
     assert len(found["snapshots"]) == len(reference["snapshots"])
     assert found["snapshots"] == reference["snapshots"]  # every row, value and probe value, once
-
-
-def wait_until(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def committed_on(cluster: Cluster, store: str, host: str, *, at_least: int = 1) -> bool:
@@ -173,7 +153,7 @@ def test_a_worker_node_lost_mid_sweep_its_runs_finish_on_the_other(cluster, refe
     store = fresh_store("node-lost")
     driver = cluster.start_sweep("launch", *ARGS, f"store={store}", *cluster.overrides, log="node-lost.log")
     try:
-        wait_until(lambda: committed_on(cluster, store, "worker1", at_least=2), 300, "runs committing on worker1")
+        wait_for(lambda: committed_on(cluster, store, "worker1", at_least=2), 300, "runs on worker1", every=1)
         assert cluster.kill_node("worker1") > 0
         assert driver.wait(900) == 0, (cluster.workdir / "node-lost.log").read_text()[-3000:]
     finally:
@@ -191,7 +171,7 @@ def test_a_worker_node_lost_mid_sweep_its_runs_finish_on_the_other(cluster, refe
 def test_the_driver_killed_mid_sweep_then_resume_from_the_head(cluster, reference):
     store = fresh_store("driver-lost")
     driver = cluster.start_sweep("launch", *ARGS, f"store={store}", *cluster.overrides, log="driver-lost.log")
-    wait_until(lambda: committed_on(cluster, store, "worker1"), 300, "runs committing")
+    wait_for(lambda: committed_on(cluster, store, "worker1"), 300, "runs committing", every=1)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(60)
     resume = cluster.sweep("resume", f"store={store}")
@@ -207,7 +187,7 @@ def test_the_driver_killed_mid_sweep_then_resume_from_the_head(cluster, referenc
 def test_the_store_server_down_for_25_s_mid_sweep(cluster, reference):
     store = fresh_store("s3-down")
     driver = cluster.start_sweep("launch", *ARGS, f"store={store}", *cluster.overrides, log="s3-down.log")
-    wait_until(lambda: committed_on(cluster, store, "worker1", at_least=2), 300, "runs committing")
+    wait_for(lambda: committed_on(cluster, store, "worker1", at_least=2), 300, "runs committing", every=1)
     cluster.s3_outage(25)
     code = driver.wait(900)
     log = (cluster.workdir / "s3-down.log").read_text()
@@ -221,15 +201,17 @@ def test_the_store_server_down_for_25_s_mid_sweep(cluster, reference):
          "the driver exited 0")
 
 
-def test_a_worker_whose_clock_is_four_minutes_behind(cluster, reference):
+def test_a_worker_whose_clock_is_four_minutes_ahead(cluster, reference):
     """Network namespaces share the machine's clock (Linux time namespaces shift only the
-    monotonic and boot clocks), so worker2's wall clock is set back with libfaketime
-    (Debian's faketime), preloaded into every process of its Ray node."""
+    monotonic and boot clocks), so worker2's clock is moved with libfaketime (Debian's
+    faketime), preloaded into every process of its Ray node. Ahead, not behind: libfaketime
+    shifts the monotonic clock too (with FAKETIME_DONT_FAKE_MONOTONIC, Python's time.sleep
+    fails with EINVAL), and a machine up for less than the shift would go below zero."""
     if shutil.which("faketime") is None:
         pytest.skip("no per-host clock here: libfaketime is not installed (as root: `apt-get install faketime`)")
     store = fresh_store("clock")
     cluster.kill_node("worker2")
-    skew = ("env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", "-240s")
+    skew = ("faketime", "-f", "+240s")
     try:
         cluster.start_node("worker2", prefix=skew)
         launch = cluster.sweep("launch", *ARGS, f"store={store}", *cluster.overrides)
@@ -237,12 +219,13 @@ def test_a_worker_whose_clock_is_four_minutes_behind(cluster, reference):
         found = cluster.dump(store)
         assert_identical(found, reference)
         starts = {r["host"]: datetime.fromisoformat(r["started_at"]) for r in found["records"]}
-        assert 200 < (starts["worker1"] - starts["worker2"]).total_seconds() < 280  # the skew took effect
+        assert 200 < (starts["worker2"] - starts["worker1"]).total_seconds() < 280  # the skew took effect
         status = cluster.sweep("status", f"store={store}")
         assert "0 stuck, 6 done" in clean(status)
-        note("worker2's clock 4 minutes behind (libfaketime on its Ray node)",
-             f"its records' times are {(starts['worker1'] - starts['worker2']).total_seconds():.0f} s behind "
-             "worker1's; nothing depends on them across hosts (the lock's heartbeat is the driver's)")
+        note("worker2's clock 4 minutes ahead (libfaketime on its Ray node)",
+             f"its records' times are {(starts['worker2'] - starts['worker1']).total_seconds():.0f} s ahead of "
+             "worker1's; nothing compares them across hosts (the lock's heartbeat is the driver's), and no "
+             "run showed as stuck")
     finally:
         cluster.kill_node("worker2")
         cluster.start_node("worker2")

@@ -19,11 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from store import Store
 from sweep.check import export
-from sweep.grid import expand
-from sweep.ledger import register
-from workers.train import train
+from tests.reference import train_sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -86,12 +83,7 @@ def test_the_compose_file_runs_the_smoke_sweep_in_containers(compose, tmp_path):
     head = compose("ps", "-q", "head").stdout.strip()
     subprocess.run(["docker", "cp", f"{head}:/store/rows.parquet", str(tmp_path / "found.parquet")], check=True)
 
-    reference = tmp_path / "reference"
-    sweep = expand(ARGS)
-    store = Store.open(str(reference), create=True)
-    register(store, sweep, ARGS)
-    for config in sweep.runs.values():
-        train({**config, "runtime": {**config["runtime"], "threads": 1}}, store)
+    store = train_sweep(ARGS, tmp_path / "reference")
     export(store, str(tmp_path / "expected.parquet"), quantity="all", stream=open("/dev/null", "w"))
     found = pq.read_table(tmp_path / "found.parquet").to_pylist()
     expected = pq.read_table(tmp_path / "expected.parquet").to_pylist()

@@ -14,14 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from store import Store
-from sweep.grid import expand
-from sweep.ledger import register
 from tests.cluster import harness, slurm
 from tests.cluster.dump import dump
-from workers.train import train
+from tests.reference import train_sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -41,15 +37,7 @@ def cluster(tmp_path_factory):
 def test_the_sbatch_file_runs_the_smoke_sweep_on_two_nodes(cluster, tmp_path):
     args = ["experiment=smoke", *OVERRIDES]
     reference = str(tmp_path / "reference")
-    sweep = expand(args)
-    store = Store.open(reference, create=True)
-    register(store, sweep, args)
-    threads = torch.get_num_threads()
-    try:
-        for config in sweep.runs.values():
-            train({**config, "runtime": {**config["runtime"], "threads": 1}}, store)
-    finally:
-        torch.set_num_threads(threads)
+    train_sweep(args, reference)
 
     target = tmp_path / "store"
     log = tmp_path / "job.out"

@@ -5,12 +5,10 @@ after `launch` or `resume` the snapshot rows equal those of the undamaged sweep.
 import shutil
 
 import pytest
-import torch
 
 from store import Store
 from sweep.grid import expand
-from sweep.ledger import register
-from workers.train import train
+from tests.reference import train_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +19,8 @@ ARGS = ["experiment=smoke", "train.epochs=3"]
 def reference(tmp_path_factory):
     """The smoke sweep, registered and trained in this process with the one thread a Ray task gets."""
     path = tmp_path_factory.mktemp("reference") / "s"
-    sweep = expand(ARGS)
-    store = Store.open(str(path), create=True)
-    register(store, sweep, ARGS)
-    threads = torch.get_num_threads()
-    try:
-        for config in sweep.runs.values():
-            train({**config, "runtime": {**config["runtime"], "threads": 1}}, store)
-    finally:
-        torch.set_num_threads(threads)
-    return path, sorted(sweep.runs)
+    train_sweep(ARGS, path)
+    return path, sorted(expand(ARGS).runs)
 
 
 def rows(store):
