@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,6 +24,8 @@ from store import conditional, layout
 from store.files import DamagedFile, Files, StoreError, parquet_bytes, read_parquet, sha256
 from store.schema import ALARMS_SCHEMA, IDENTITY, JOINED, KINDS, RUNS_SCHEMA, SCHEMA_VERSION, STATUSES
 from store.schema import record as new_record
+
+READERS = 16  # an object store's runs inspected at once (requests in flight); a local disk: one at a time
 
 
 def now() -> datetime:
@@ -160,10 +163,11 @@ class Store:
         with its record (one listing for the whole store), ``hash`` also reads it and
         compares its SHA-256. ``checkpoints``: ``none``, ``directory`` (each checkpoint's zip
         directory opens: catches truncation and garbage, reading only its end) or ``crc``
-        (every member of every checkpoint read and checked)."""
+        (every member of every checkpoint read and checked). On an object store READERS runs
+        are inspected at once (each is a few requests that mostly wait on the network)."""
         listing = self.listing()
-        result = []
-        for rid in (sorted(listing) if run_ids is None else run_ids):
+
+        def one(rid: str) -> RunHealth:
             files = listing.get(rid, {})
             problems: list[DamagedFile] = []
             record = None
@@ -177,8 +181,13 @@ class Store:
             if checkpoints != "none" and layout.CHECKPOINT in files:
                 problem = self.check_checkpoint(rid, full=checkpoints == "crc")
                 problems += [problem] if problem else []
-            result.append(RunHealth(rid, record, tuple(problems), files))
-        return result
+            return RunHealth(rid, record, tuple(problems), files)
+
+        ids = sorted(listing) if run_ids is None else list(run_ids)
+        if self.files.local or len(ids) < 2:
+            return [one(rid) for rid in ids]
+        with ThreadPoolExecutor(min(READERS, len(ids))) as pool:
+            return list(pool.map(one, ids))
 
     def _check_committed(self, run_id: str, committed: list[dict], files: dict[str, int], *,
                          verify: str) -> list[DamagedFile]:
