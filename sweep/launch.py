@@ -56,6 +56,7 @@ def _start_ray(cluster: dict) -> bool:
     # that tells the user how to turn it off. We keep it on, and keep that advice off the screen.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
+        address="local",  # a new Ray of our own: without it ray.init joins whatever `ray start` ran here last
         num_cpus=cluster["num_cpus"],
         include_dashboard=cluster["dashboard"],
         dashboard_host="127.0.0.1",  # never listen beyond this machine

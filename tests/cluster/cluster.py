@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from tests.cluster.harness import Network, wait_for
@@ -52,9 +53,16 @@ class Cluster:
         self.resources = {name: (cpus, gpus) for name, cpus, gpus in workers}
         self.worker_env = worker_env or {}
         self.endpoint = f"http://{self.s3.address}:{S3_PORT}"
+        # Ray's token authentication, as a cluster reachable from other machines should have it: the
+        # same token on every node and for every driver (and none read from ~/.ray of this machine)
         self.env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
         self.env.pop("RAY_ADDRESS", None)
+        # Ray's files for this cluster, apart from /tmp/ray: `ray start --head` writes its address
+        # to <temp dir>/ray_current_cluster, where a later plain ray.init() on this machine would
+        # find it and try to join. (Short: Unix socket paths under it must stay under 108 bytes.)
+        self.ray_temp = f"/tmp/hsray-{os.getpid()}"
         self.s3_server: subprocess.Popen | None = None
         self.start_s3()
         self.start_head()
@@ -98,6 +106,7 @@ class Cluster:
     def start_head(self) -> None:
         self.head.run(ray_command(), "start", "--head", f"--node-ip-address={self.head.address}", f"--port={RAY_PORT}",
                       "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                      f"--temp-dir={self.ray_temp}",
                       f"--object-store-memory={OBJECT_STORE}", env=self.env, timeout=120)
 
     def start_node(self, name: str, *, prefix: tuple[str, ...] = ()) -> None:
@@ -143,4 +152,5 @@ class Cluster:
         name on the whole machine, so on one host it would stop every node.)"""
         for host in [*self.workers.values(), self.head, self.s3]:
             host.kill_all()
+        shutil.rmtree(self.ray_temp, ignore_errors=True)
 

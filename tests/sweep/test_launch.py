@@ -4,9 +4,11 @@
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -77,7 +79,17 @@ def attempts_and_steps(store):
 
 def test_launch_status_and_a_second_launch_that_runs_nothing(tmp_path):
     store_path = str(tmp_path / "smoke")
-    first = sweep_cli("launch", "experiment=smoke", f"store={store_path}")
+    # A cluster started here before with `ray start` (long gone): plain ray.init() would try to join
+    # it; the local launch starts a Ray of its own. (A short RAY_TMPDIR: Unix socket paths < 108 bytes.)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    os.makedirs(f"{ray_tmp}/ray")
+    with open(f"{ray_tmp}/ray/ray_current_cluster", "w") as f:
+        f.write("127.0.0.1:9")  # the discard port: nothing answers there
+    try:
+        first = sweep_cli("launch", "experiment=smoke", f"store={store_path}",
+                          env={**os.environ, "RAY_TMPDIR": ray_tmp}, timeout=300)  # joining it would hang
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "all 4 runs done" in first.stdout and "4/4 done, 0 running, 0 failed" in first.stdout
     assert "RAY_AUTH_MODE" not in first.stdout + first.stderr  # no advice to turn authentication off
