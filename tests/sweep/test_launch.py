@@ -123,7 +123,9 @@ def test_a_failing_run_is_recorded_while_the_others_finish_and_retries_stop_at_t
     assert set(states.values()) == {("done", 1)}
     text, finished = report(store, stale_after=600, sweep="all")
     assert finished and "total: 0 pending, 0 running, 0 stuck, 4 done, 1 failed, 0 damaged" in text
-    assert re.search(rf"{bad} \(attempt 3, step \d+\): RunFailed: non-finite", text)
+    # where it failed: this host, and the local Ray's node (on 127.0.0.1 only)
+    where = r"on \S+ \(127\.0\.0\.1 ray:[0-9a-f]{12}\)"
+    assert re.search(rf"{bad} \(attempt 3, step \d+, {where}\): RunFailed: non-finite", text)
 
 
 def test_two_launches_racing_on_one_store_run_nothing_twice(tmp_path):
