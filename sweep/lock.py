@@ -24,7 +24,7 @@ import uuid
 from store import DamagedFile, Store, StoreError
 from store.conditional import Unsupported
 
-STALE_SECONDS = 60  # a driver refreshes its lock every few seconds (sweep/launch.py)
+STALE_SECONDS = 60  # a driver refreshes its lock every 10 s (sweep/launch.py)
 SETTLE_SECONDS = 2.0  # object stores without conditional writes: wait this long before reading a lock back
 
 
@@ -137,4 +137,3 @@ class locked:
                 self.store.delete_lock(found[1])
         except StoreError:
             pass  # a lock left behind goes stale on its own
-
