@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
-import uuid
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
@@ -125,12 +123,17 @@ class _S3:
         return bucket, key
 
     def _call(self, operation: str, **arguments):
-        """The request's answer; None when its precondition failed (412) or there is no such key (404)."""
+        """The request's answer; None when its precondition failed (412) or there is no such key
+        (404). A server that cannot be reached, or a concurrent conditional write (409: S3 asks
+        for a retry), is asked again with the store's patience (``Files.patiently``); a 412 after
+        such a retry may be this request's own earlier try, which did arrive: the lock reads the
+        file back to see."""
         from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
         from botocore.exceptions import ConnectionError as Unreachable
 
         shown = f"s3://{arguments['Bucket']}/{arguments['Key']}"
-        for attempt in range(5):
+
+        def once():
             try:
                 return getattr(self.client, operation)(**arguments)
             except ClientError as err:
@@ -138,40 +141,22 @@ class _S3:
                 code = err.response.get("Error", {}).get("Code", "")
                 if status in (404, 412):
                     return None
-                if status == 409 and attempt < 4:  # a concurrent conditional write: S3 asks for a retry
-                    time.sleep(0.05 * (attempt + 1) * (1 + uuid.uuid4().int % 3))
-                    continue
+                if status == 409:
+                    raise OSError(f"ConditionalRequestConflict: {err}") from None
                 if status == 501 or code == "NotImplemented":
                     raise Unsupported(f"the S3 server of {self.files.uri} does not support conditional writes "
                                       f"({code or status})") from None
                 raise StoreError(f"cannot use {shown}: {err}; check that the store is reachable and "
                                  "writable") from None
-            except (Unreachable, HTTPClientError):  # not reached: the store's patience (files.RETRY_SECONDS)
-                break
+            except (Unreachable, HTTPClientError) as err:
+                raise OSError(f"Could not connect: {err}") from None
             except BotoCoreError as err:  # no credentials, a bad endpoint, ...
                 raise StoreError(f"cannot use {shown}: {err}") from None
-        else:
-            return None
+
         try:
-            return self.files.patiently(lambda: self._once(operation, arguments))
+            return self.files.patiently(once)
         except OSError as err:
             raise StoreError(f"cannot reach {shown}: {err}; check that the store is reachable") from None
-
-    def _once(self, operation: str, arguments: dict):
-        """One more try after a connection error; a connection error again is raised as an
-        OSError for ``Files.patiently`` to retry. A precondition failed now may be this
-        request's own earlier try, which did arrive: the lock reads the file back to see."""
-        from botocore.exceptions import ClientError, HTTPClientError
-        from botocore.exceptions import ConnectionError as Unreachable
-
-        try:
-            return getattr(self.client, operation)(**arguments)
-        except (Unreachable, HTTPClientError) as err:
-            raise OSError(f"Could not connect: {err}") from None
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 412):
-                return None
-            raise OSError(str(err)) from None
 
     def put(self, path: str, data: bytes, **condition) -> str | None:
         bucket, key = self._key(path)

@@ -11,11 +11,13 @@ is closed, where it otherwise opens a multipart upload: three requests), and no 
 is created first (S3 has none; pyarrow's ``create_dir`` writes marker objects). A commit
 of a run's snapshot is then four PUTs (docs/store.md counts every command's requests).
 
-An object store that cannot be reached (connection refused, a timeout, 500/503, SlowDown) is
+An object store that cannot be reached (connection refused, a timeout, 500/503, SlowDown, and
+S3's 409 to one of two concurrent conditional writes) is
 asked again with growing pauses for up to ``RETRY_SECONDS`` (120 s; the environment variable
 ``SWEEP_STORE_RETRY_SECONDS`` changes it) before the error is raised, with one warning on
 stderr: a run rides out a short outage of its store and goes on where it was. Every request
-retried is idempotent (a whole-object PUT, GET, HEAD, LIST or DELETE).
+retried is idempotent (a whole-object PUT, GET, HEAD, LIST or DELETE) or conditional
+(``store.conditional``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from store.schema import ADDED
 RETRY_SECONDS = float(os.environ.get("SWEEP_STORE_RETRY_SECONDS", "120"))
 _TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused", "timed out", "Timeout",
               "SERVICE_UNAVAILABLE", "Service Unavailable", "SlowDown", "INTERNAL_FAILURE", "InternalError",
-              "Connection reset", "connection was closed")
+              "Connection reset", "connection was closed", "ConditionalRequestConflict")
 
 
 class StoreError(RuntimeError):

@@ -54,27 +54,6 @@ def http_root(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 API (moto's server) on 127.0.0.1; yields a function giving store URIs."""
-    from moto.server import ThreadedMotoServer
-
-    saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true")  # never ask a metadata endpoint for credentials
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="sweeps")
-    counter = iter(range(10**6))
-    yield lambda: f"s3://sweeps/store{next(counter)}?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    server.stop()
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture(scope="session")
 def s3_process(tmp_path_factory):
     """The cluster tests' S3 server (tests.cluster.s3server: moto, with S3's atomic conditional
     writes, a request counter, an outage switch) in its own process on 127.0.0.1; yields its
@@ -110,11 +89,10 @@ def s3_process(tmp_path_factory):
                 os.environ[key] = value
 
 
-def s3_requests(url: str, *, reset: bool = False) -> dict:
-    """The request counts of a tests.cluster.s3server (and set them to zero with ``reset``)."""
-    import json
-    import urllib.request
 
-    request = urllib.request.Request(f"{url}/_requests", method="DELETE" if reset else "GET")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
+@pytest.fixture(scope="session")
+def s3_server(s3_process):
+    """A function giving a new store URI on the S3 test server at each call."""
+    endpoint = s3_process.url.removeprefix("http://")
+    counter = iter(range(10**6))
+    return lambda: f"s3://sweeps/store{next(counter)}?endpoint_override={endpoint}&scheme=http&region=us-east-1"

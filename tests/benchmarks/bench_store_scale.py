@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,17 +31,11 @@ import numpy as np
 from store import RunWriter, Store
 from sweep.grid import expand
 from sweep.ledger import register
-from tests.cluster.s3server import CREDENTIALS
+from tests.cluster.s3server import CREDENTIALS, counts
 from workers.run_config import identity
 
 STEPS = 117  # the paper's snapshots per run
 LAYERS = 2  # a first layer and the head
-
-
-def requests(url: str, *, reset: bool = True) -> dict:
-    request = urllib.request.Request(f"{url}/_requests", method="DELETE" if reset else "GET")
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.loads(answer.read())
 
 
 def checkpoint(committed: list[dict]) -> bytes:
@@ -92,7 +85,7 @@ def main(argv: list[str]) -> int:
             store = Store.open(uri, create=True)
             start = time.perf_counter()
             register(store, sweep, args)
-            registered = requests(url)
+            registered = counts(url, reset=True)
             print(f"{len(sweep.runs)} runs, {commits} commits of {STEPS // commits}-{-(-STEPS // commits)} snapshots x "
                   f"{LAYERS} layers each, on moto at {url}, {time.strftime('%Y-%m-%d')}")
             print(f"  register (manifest + a pending record per run): {registered['total']} requests "
@@ -100,7 +93,7 @@ def main(argv: list[str]) -> int:
             start = time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda item: write_run(store, item[1], commits, item[0]), enumerate(sweep.runs.values())))
-            written = requests(url)
+            written = counts(url, reset=True)
             print(f"  write every run ({threads} threads): {written['total']} requests {_kinds(written)} "
                   f"({written['total'] / len(sweep.runs):.1f} per run), {time.perf_counter() - start:.0f} s")
             one = RunWriter(store, identity(next(iter(sweep.runs.values()))))
@@ -108,21 +101,21 @@ def main(argv: list[str]) -> int:
             one.log("metrics", [dict(run_id=one.run_id, step=1, epoch=0.0, scope="snapshot", name="x", value=1.0)])
             one.log("snapshots", [dict(run_id=one.run_id, step=1, epoch=0.0, layer="l", layer_index=0, numel=1,
                                        quantity="trace", value=1.0, stderr=0.0, probe_values=[1.0])])
-            requests(url)
+            counts(url, reset=True)
             one.commit(1, checkpoint=checkpoint)
-            print(f"  one snapshot commit: {_kinds(requests(url), total=True)}")
+            print(f"  one snapshot commit: {_kinds(counts(url, reset=True), total=True)}")
             out = Path(folder)
             for name, words in [("status", ["status", f"store={uri}"]),
                                 ("check", ["check", f"store={uri}"]),
                                 ("export", ["export", f"store={uri}", f"out={out / 'rows.parquet'}"]),
                                 ("analyze", ["analyze", f"store={uri}", f"out={out / 'report'}", "bootstrap=200"])]:
-                requests(url)
+                counts(url, reset=True)
                 start = time.perf_counter()
                 done = subprocess.run([sys.executable, "-m", "sweep", *words], env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - start
-                counts = requests(url)
+                found = counts(url, reset=True)
                 note = "" if done.returncode in (0, 1) else f" (exit {done.returncode}: {done.stderr.strip()[-300:]})"
-                print(f"  sweep {name:<8} {wall:7.1f} s, {_kinds(counts, total=True)}{note}")
+                print(f"  sweep {name:<8} {wall:7.1f} s, {_kinds(found, total=True)}{note}")
         finally:
             server.terminate()
             server.wait(30)

@@ -86,13 +86,6 @@ class Cluster:
         time.sleep(seconds)
         os.kill(self.s3_pid, signal.SIGUSR2)
 
-    def requests(self, *, reset: bool = False) -> dict:
-        """The S3 server's request counts (tests.cluster.s3server), asked from the head."""
-        code = ("import json, sys, urllib.request as u; r = u.Request(sys.argv[1] + '/_requests', "
-                "method=sys.argv[2]); print(u.urlopen(r, timeout=10).read().decode())")
-        out = self.head.run(sys.executable, "-c", code, self.endpoint, "DELETE" if reset else "GET", env=self.env)
-        return json.loads(out.stdout)
-
     # -- Ray -----------------------------------------------------------------------------
     @property
     def address(self) -> str:

@@ -57,6 +57,15 @@ class Counted:
         return self.app(environ, start_response)
 
 
+def counts(url: str, *, reset: bool = False) -> dict:
+    """The request counts of the server at ``url`` (and, with ``reset``, set them to zero)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/_requests", method="DELETE" if reset else "GET")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")

@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -32,13 +31,8 @@ def outage(s3_process):
         thread.join()
 
 
-def uri(s3_process):
-    return (f"s3://sweeps/outage-{uuid.uuid4().hex[:8]}?endpoint_override={s3_process.url.removeprefix('http://')}"
-            "&scheme=http&region=us-east-1")
-
-
-def test_writes_reads_and_the_lock_wait_for_a_server_that_comes_back(s3_process, outage, capsys):
-    store = Store.open(uri(s3_process), create=True)
+def test_writes_reads_and_the_lock_wait_for_a_server_that_comes_back(s3_server, outage, capsys):
+    store = Store.open(s3_server(), create=True)
     store.write_data("r1", "snapshots/a001-c000000.parquet", b"before")
     outage(4)
     store.write_data("r1", "snapshots/a001-c000001.parquet", b"during")  # waits, then lands
@@ -53,9 +47,9 @@ def test_writes_reads_and_the_lock_wait_for_a_server_that_comes_back(s3_process,
     assert "cannot be reached" in err and "asking again for up to 120 s" in err
 
 
-def test_a_server_that_stays_away_is_an_error_naming_the_store(s3_process, outage, monkeypatch):
-    store = Store.open(uri(s3_process), create=True)
+def test_a_server_that_stays_away_is_an_error_naming_the_store(s3_server, outage, monkeypatch):
+    store = Store.open(s3_server(), create=True)
     monkeypatch.setattr(store_files, "RETRY_SECONDS", 3.0)
     outage(8)
-    with pytest.raises(StoreError, match=r"cannot write s3://sweeps/outage-.*/runs/r1/record.parquet"):
+    with pytest.raises(StoreError, match=r"cannot write s3://sweeps/store\d+.*/runs/r1/record.parquet"):
         store.write_data("r1", "record.parquet", b"x")

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import socket
 import time
-import uuid
 
 import pytest
 
@@ -22,8 +21,7 @@ def lock_store(request, tmp_path):
     if request.param == "local":
         uri = str(tmp_path / "store")
     else:
-        endpoint = request.getfixturevalue("s3_process").url.removeprefix("http://")
-        uri = f"s3://sweeps/lock-{uuid.uuid4().hex[:8]}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+        uri = request.getfixturevalue("s3_server")()
     Store.open(uri, create=True)
     return uri
 
